@@ -1,0 +1,195 @@
+"""Every error backfill raises on purpose, and the exit code each one maps to.
+
+BackfillError
+ +-- ConfigError ............... bad flag, variable or config key (exit 2)
+ +-- CheckpointError ........... the checkpoint cannot be used (exit 3)
+ |    +-- CheckpointLocked ..... another process holds it
+ |    +-- CheckpointCorrupt .... a line in the middle does not parse, or the header is wrong
+ |    +-- PlanMismatch ......... it was written for another plan
+ +-- CheckpointWriteError ...... it cannot be written: disk full, read-only (exit 74)
+ +-- ApiUnavailable ............ retryable errors went on past every retry (exit 75)
+ +-- ApiError .................. the Flow Service (or IMS) answered with an error
+      +-- RetryableError ....... worth sending again: 429, 5xx, connection errors, timeouts
+      |    +-- RateLimited ..... 429, or 503 with Retry-After: the whole pool pauses
+      |    +-- ServerError ..... 500, 502, 503, 504
+      |    +-- TransportError .. no HTTP answer at all
+      +-- PermanentError ....... any other 4xx: sending it again cannot help (exit 2)
+           +-- AuthError ....... 401/403: the credentials are wrong or the token expired
+
+Each API error carries the request it concerns (method and path, never headers) and, where
+there is one, the window or run; ``in_doubt`` says whether the service may have acted on a
+request whose answer never arrived, which is what decides reconciliation before a resend.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The process exit codes, documented in the README."""
+
+    OK = 0
+    WINDOWS_FAILED = 1
+    USAGE = 2
+    CHECKPOINT_REFUSED = 3
+    CHECKPOINT_UNWRITABLE = 74  # sysexits EX_IOERR
+    API_UNAVAILABLE = 75  # sysexits EX_TEMPFAIL: run again later to resume
+    SIGINT = 130
+    SIGTERM = 143
+
+
+class BackfillError(Exception):
+    """Base of every error backfill raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(BackfillError):
+    """A flag, environment variable or config key is missing or wrong."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class CheckpointError(BackfillError):
+    """The checkpoint cannot be used as it is; nothing was changed in it."""
+
+    exit_code = ExitCode.CHECKPOINT_REFUSED
+
+
+class CheckpointLocked(CheckpointError):
+    """Another process holds the checkpoint's lock."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"checkpoint {path} is in use by {holder}; "
+            "wait for it to finish or stop it, then run the same command again"
+        )
+        self.path = path
+        self.pid = pid
+
+
+class CheckpointCorrupt(CheckpointError):
+    """A record that is not the torn tail of the file cannot be read."""
+
+    def __init__(self, path: str, line: int | None, problem: str) -> None:
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(
+            f"checkpoint {where} is corrupt: {problem}; it was left untouched "
+            "(restore it from a backup, or move it aside to start over)"
+        )
+        self.path = path
+        self.line = line
+
+
+class PlanMismatch(CheckpointError):
+    """The checkpoint was written for a different plan."""
+
+    def __init__(self, path: str, differences: list[str], *, extendable: bool) -> None:
+        hint = (
+            "run with --extend to add the new windows and keep what is recorded"
+            if extendable
+            else "use the original plan, or another --checkpoint for the new one"
+        )
+        super().__init__(
+            f"checkpoint {path} was written for another plan: {'; '.join(differences)}; {hint}"
+        )
+        self.differences = differences
+
+
+class CheckpointWriteError(BackfillError):
+    """Writing or syncing the checkpoint failed; what was recorded before is intact."""
+
+    exit_code = ExitCode.CHECKPOINT_UNWRITABLE
+
+    def __init__(self, path: str, cause: OSError) -> None:
+        super().__init__(
+            f"checkpoint {path} could not be written ({cause.strerror or cause}); "
+            "records written before are intact: free space or fix permissions, "
+            "then run the same command again to resume"
+        )
+        self.path = path
+
+
+class ApiError(BackfillError):
+    """The service answered a request with an error, or did not answer at all."""
+
+    exit_code = ExitCode.USAGE
+    in_doubt = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: str,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        detail = f"{status} " if status is not None else ""
+        detail += f"[{code}] " if code else ""
+        super().__init__(f"{request}: {detail}{message}")
+        self.request = request
+        self.status = status
+        self.code = code
+        self.detail = message
+
+
+class RetryableError(ApiError):
+    """Sending the request again may succeed; ``retry_after`` (seconds) if the service said."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: str,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, request=request, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class RateLimited(RetryableError):
+    """The service asked us to slow down (429): nothing was done."""
+
+
+class ServerError(RetryableError):
+    """A 5xx answer: the service may or may not have acted on the request."""
+
+    in_doubt = True
+
+
+class TransportError(RetryableError):
+    """No HTTP answer: refused, reset, dropped or timed out."""
+
+    def __init__(self, message: str, *, request: str, in_doubt: bool) -> None:
+        super().__init__(message, request=request)
+        self.in_doubt = in_doubt
+
+
+class PermanentError(ApiError):
+    """A 4xx answer other than 429: the request itself is wrong."""
+
+
+class AuthError(PermanentError):
+    """The credentials were refused, or the token expired and cannot be renewed."""
+
+
+class ApiUnavailable(BackfillError):
+    """Retryable errors did not stop; the checkpoint is durable and the run resumable."""
+
+    exit_code = ExitCode.API_UNAVAILABLE

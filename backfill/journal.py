@@ -1,0 +1,649 @@
+"""The checkpoint: an append-only journal of every window's moves, and its only owner.
+
+File format, one JSON object per line:
+
+    {"kind": "backfill-checkpoint", "format": 1, "fingerprint": ..., "plan": {...}}   header
+    {"t": "w", "f": 0, "s": 1651584991, "st": "submitting", "a": 1, "ts": 1700000000}
+    {"t": "w", "f": 0, "s": 1651584991, "st": "submitted", "a": 1, "id": "<run id>"}
+    {"t": "plan", "fingerprint": ..., "plan": {...}}                           --extend
+    {"t": "snap", ...}                                                         compaction
+
+``f`` indexes the plan's flows (an extension only appends flows, so indexes are stable) and
+``s`` is the window's start. Every record is applied to the in-memory index at once and
+written by a single flusher: workers that wait for durability share one ``fsync`` (group
+commit). A torn last line is dropped; a bad line anywhere else stops everything and the file
+is left exactly as it was. Compaction rewrites it atomically. Secrets never enter it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from .errors import CheckpointCorrupt, CheckpointLocked, CheckpointWriteError, PlanMismatch
+from .planner import Plan, Window
+from .state import IllegalTransition, WindowState, check_transition
+
+__all__ = ["Entry", "Journal", "Replay"]
+
+FORMAT = 1
+KIND = "backfill-checkpoint"
+_SHIFT = 33  # window starts are < 2**33 (the planner refuses times past 2100)
+_COMPACT_RATIO = 3
+_COMPACT_SLACK = 10_000
+_HEADER_START = b'{"kind":"' + KIND.encode() + b'"'
+
+log = structlog.get_logger("backfill.journal")
+
+
+class Entry:
+    """What the journal knows of one window; absent from the index means pending."""
+
+    __slots__ = ("attempt", "errors", "old_runs", "retrigger", "run_id", "since", "state")
+
+    def __init__(self) -> None:
+        self.state = WindowState.PENDING
+        self.attempt = 0
+        self.run_id: str | None = None
+        self.old_runs: tuple[str, ...] = ()  # earlier attempts' runs (new-run retries)
+        self.errors: list[dict[str, str]] | None = None
+        self.since = 0.0  # wall time of the latest intent: bounds the reconciliation search
+        self.retrigger = False  # the latest intent re-triggers run_id rather than creating one
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.state is WindowState.SUBMITTING
+
+    def all_runs(self) -> tuple[str, ...]:
+        return (*self.old_runs, self.run_id) if self.run_id else self.old_runs
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What opening a checkpoint found, for the log and the status display."""
+
+    records: int
+    torn_bytes: int
+    compacted: bool
+    created: bool
+    extended: bool
+
+
+def _key(flow_index: int, start: int) -> int:
+    return (flow_index << _SHIFT) | start
+
+
+class Journal:
+    """One checkpoint file: lock, replay, append with group commit, compaction."""
+
+    def __init__(
+        self,
+        path: Path,
+        plan: Plan,
+        *,
+        fd: int | None,
+        lock_fd: int | None,
+        group_commit: bool = True,
+        durable: bool = True,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.plan = plan
+        self._planned = plan.count()
+        self._fd = fd
+        self._lock_fd = lock_fd
+        self._group_commit = group_commit
+        self._durable = durable
+        self._wall = wall
+        self._index: dict[int, Entry] = {}
+        self._counts = dict.fromkeys(WindowState, 0)  # recorded windows by state
+        self._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
+        self._buffer: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: CheckpointWriteError | None = None
+        self.records = 0
+        self.syncs = 0
+        self.replay = Replay(0, 0, compacted=False, created=False, extended=False)
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        requested: Plan | None,
+        *,
+        extend: bool = False,
+        readonly: bool = False,
+        group_commit: bool = True,
+        durable: bool = True,
+        wall: Callable[[], float] = time.time,
+    ) -> Journal:
+        """Open (or create) the checkpoint at ``path`` for ``requested``.
+
+        ``requested=None`` means "the plan the checkpoint was written for" (status, retry).
+        ``readonly`` takes no lock and never writes: a running backfill may hold the lock.
+        """
+        path = Path(path)
+        lock_fd = None if readonly else _lock(path)
+        try:
+            return cls._open_locked(
+                path,
+                requested,
+                extend=extend,
+                readonly=readonly,
+                lock_fd=lock_fd,
+                group_commit=group_commit,
+                durable=durable,
+                wall=wall,
+            )
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls,
+        path: Path,
+        requested: Plan | None,
+        *,
+        extend: bool,
+        readonly: bool,
+        lock_fd: int | None,
+        group_commit: bool,
+        durable: bool,
+        wall: Callable[[], float],
+    ) -> Journal:
+        scan = _Scan.read(path) if path.exists() else None
+        if scan is None or scan.header is None:
+            if requested is None:
+                raise CheckpointCorrupt(str(path), None, "there is no checkpoint here yet")
+            if readonly:
+                return cls(path, requested, fd=None, lock_fd=None, wall=wall)
+            torn = scan.torn_bytes if scan is not None else 0
+            journal = cls._create(path, requested, lock_fd, group_commit, durable, wall)
+            journal.replay = Replay(0, torn, compacted=False, created=True, extended=False)
+            return journal
+
+        recorded = scan.plan
+        plan = recorded
+        extended = False
+        if requested is not None and requested.fingerprint() != recorded.fingerprint():
+            differences = recorded.differences(requested)
+            if not extend:
+                try:
+                    recorded.extended_to(requested)
+                    extendable = True
+                except ValueError:
+                    extendable = False
+                raise PlanMismatch(str(path), differences, extendable=extendable)
+            try:
+                plan = recorded.extended_to(requested)
+            except ValueError as exc:
+                raise PlanMismatch(str(path), [str(exc)], extendable=False) from None
+            extended = True
+
+        fd = None
+        if not readonly:
+            if scan.torn_bytes:
+                _truncate(path, scan.good_bytes)
+            fd = _open_append(path)
+        journal = cls(
+            path,
+            plan,
+            fd=fd,
+            lock_fd=lock_fd,
+            group_commit=group_commit,
+            durable=durable,
+            wall=wall,
+        )
+        journal._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
+        journal._index = scan.index
+        for entry in scan.index.values():
+            journal._counts[entry.state] += 1
+        compacted = False
+        if not readonly:
+            if extended:
+                journal._write_now(_plan_record(plan, "plan"))
+            if scan.lines > _COMPACT_RATIO * len(scan.index) + _COMPACT_SLACK:
+                journal._compact()
+                compacted = True
+        journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
+        return journal
+
+    @classmethod
+    def _create(
+        cls,
+        path: Path,
+        plan: Plan,
+        lock_fd: int | None,
+        group_commit: bool,
+        durable: bool,
+        wall: Callable[[], float],
+    ) -> Journal:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.new")
+            _write_file(tmp, _plan_record(plan, None) | {"created": int(wall())})
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            fd = _open_append(path)
+        except OSError as exc:
+            raise CheckpointWriteError(str(path), exc) from exc
+        return cls(
+            path,
+            plan,
+            fd=fd,
+            lock_fd=lock_fd,
+            group_commit=group_commit,
+            durable=durable,
+            wall=wall,
+        )
+
+    # ---------------------------------------------------------------- reading
+
+    def get(self, window: Window) -> Entry | None:
+        return self._index.get(_key(self._flow_index[window.flow_id], window.start))
+
+    def state(self, window: Window) -> WindowState:
+        entry = self.get(window)
+        return entry.state if entry is not None else WindowState.PENDING
+
+    def __len__(self) -> int:
+        """Windows the journal has a record of (every other planned window is pending)."""
+        return len(self._index)
+
+    def items(self) -> Iterator[tuple[Window, Entry]]:
+        """Every recorded window with its entry (windows no longer planned are skipped)."""
+        for key, entry in self._index.items():
+            flow = self.plan.flows[key >> _SHIFT]
+            window = flow.window_at(key & ((1 << _SHIFT) - 1))
+            if window is not None:
+                yield window, entry
+
+    def counts(self) -> dict[WindowState, int]:
+        """Windows of this checkpoint's plan in each state (kept up to date, not counted)."""
+        counts = dict(self._counts)
+        counts[WindowState.PENDING] += self._planned - len(self._index)
+        return counts
+
+    # ---------------------------------------------------------------- writing
+
+    def record_nowait(
+        self,
+        window: Window,
+        state: WindowState,
+        *,
+        attempt: int | None = None,
+        run_id: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        """Apply a move now; it becomes durable with the next commit."""
+        self._append(window, state, attempt, run_id, errors, mode, durable=False)
+
+    async def record(
+        self,
+        window: Window,
+        state: WindowState,
+        *,
+        attempt: int | None = None,
+        run_id: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        """Apply a move and return once it (and everything before it) is durable."""
+        waiter = self._append(window, state, attempt, run_id, errors, mode, durable=True)
+        if waiter is not None:
+            await waiter
+
+    async def commit(self) -> None:
+        """Make every record so far durable."""
+        if self._failure is not None:
+            raise self._failure
+        if not self._buffer and self._flusher is None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._kick()
+        await waiter
+
+    async def close(self) -> None:
+        """Commit what is buffered and release the file and the lock."""
+        try:
+            if self._fd is not None and self._failure is None:
+                await self.commit()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _append(
+        self,
+        window: Window,
+        state: WindowState,
+        attempt: int | None,
+        run_id: str | None,
+        errors: list[dict[str, str]] | None,
+        mode: str | None,
+        *,
+        durable: bool,
+    ) -> asyncio.Future[None] | None:
+        if self._failure is not None:
+            raise self._failure
+        if self._fd is None:
+            raise RuntimeError("the checkpoint is open read-only or closed")
+        flow = self._flow_index[window.flow_id]
+        key = _key(flow, window.start)
+        entry = self._index.get(key)
+        if entry is None:
+            entry = self._index[key] = Entry()
+            self._counts[WindowState.PENDING] += 1
+        check_transition(entry.state, state)
+        self._counts[entry.state] -= 1
+        self._counts[state] += 1
+        record: dict[str, Any] = {"t": "w", "f": flow, "s": window.start, "st": state.value}
+        if attempt is not None:
+            record["a"] = attempt
+        if run_id is not None:
+            record["id"] = run_id
+        if errors:
+            record["err"] = errors
+        if state is WindowState.SUBMITTING:
+            record["ts"] = round(self._wall(), 3)
+            if mode:
+                record["m"] = mode
+        _apply(entry, record)
+        self._buffer.append(orjson.dumps(record) + b"\n")
+        self.records += 1
+        waiter: asyncio.Future[None] | None = None
+        if durable:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        self._kick()
+        return waiter
+
+    def _kick(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._buffer or self._waiters:
+                if self._group_commit:
+                    lines, self._buffer = self._buffer, []
+                    waiters, self._waiters = self._waiters, []
+                else:  # one fsync per record: only for the benchmark's comparison
+                    lines, self._buffer = self._buffer[:1], self._buffer[1:]
+                    waiters, self._waiters = self._waiters[:1], self._waiters[1:]
+                try:
+                    if lines:
+                        await loop.run_in_executor(None, self._write_sync, b"".join(lines))
+                except OSError as exc:
+                    self._failure = CheckpointWriteError(str(self.path), exc)
+                    log.error(  # noqa: TRY400 - the error is reported, not a traceback
+                        "checkpoint_write_failed", path=str(self.path), error=str(exc)
+                    )
+                    for waiter in (*waiters, *self._waiters):
+                        if not waiter.done():
+                            waiter.set_exception(self._failure)
+                    self._waiters = []
+                    self._buffer = []
+                    return
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flusher = None
+
+    def _write_sync(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            raise OSError("checkpoint closed")
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if self._durable:
+            os.fsync(fd)
+        self.syncs += 1
+
+    def _write_now(self, record: dict[str, Any]) -> None:
+        """Synchronous append, only while opening (before any task writes)."""
+        try:
+            self._write_sync(orjson.dumps(record) + b"\n")
+        except OSError as exc:
+            raise CheckpointWriteError(str(self.path), exc) from exc
+
+    # ---------------------------------------------------------------- compaction
+
+    def _compact(self) -> None:
+        """Rewrite the file as header + one snapshot per window, atomically."""
+        tmp = self.path.with_name(f".{self.path.name}.compact")
+        header = _plan_record(self.plan, None) | {"created": int(self._wall()), "compacted": True}
+        try:
+            with open(tmp, "wb") as out:
+                os.fchmod(out.fileno(), 0o600)
+                out.write(orjson.dumps(header) + b"\n")
+                for key, entry in self._index.items():
+                    out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise CheckpointWriteError(str(self.path), exc) from exc
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = _open_append(self.path)
+        log.info("checkpoint_compacted", path=str(self.path), windows=len(self._index))
+
+
+class _Scan:
+    """One pass over an existing checkpoint file."""
+
+    def __init__(self) -> None:
+        self.header: dict[str, Any] | None = None
+        self.plan: Plan
+        self.index: dict[int, Entry] = {}
+        self.lines = 0
+        self.good_bytes = 0
+        self.torn_bytes = 0
+
+    @classmethod
+    def read(cls, path: Path) -> _Scan:
+        scan = cls()
+        loads = orjson.loads
+        index = scan.index
+        pending_error: tuple[int, str] | None = None
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CheckpointCorrupt(str(path), None, f"cannot be read ({exc.strerror})") from exc
+        with handle:
+            for number, line in enumerate(handle, 1):
+                if pending_error is not None:
+                    raise CheckpointCorrupt(str(path), *pending_error)
+                if not line.endswith(b"\n"):
+                    if number == 1 and not _HEADER_START.startswith(line[: len(_HEADER_START)]):
+                        raise CheckpointCorrupt(str(path), 1, "it is not a backfill checkpoint")
+                    scan.torn_bytes = len(line)  # a crash mid-write: dropped
+                    break
+                try:
+                    record = loads(line)
+                    if number == 1:
+                        scan._header(record, path)
+                    else:
+                        scan._apply(record, index)
+                except (ValueError, KeyError, TypeError, IndexError, IllegalTransition) as exc:
+                    if number == 1:
+                        raise CheckpointCorrupt(str(path), 1, _describe(exc)) from None
+                    # Only the last line may be bad (a crash mid-write): decide at the next one.
+                    pending_error = (number, _describe(exc))
+                    scan.torn_bytes = len(line)
+                    continue
+                scan.lines = number
+                scan.good_bytes += len(line)
+        return scan
+
+    def _header(self, record: Any, path: Path) -> None:
+        if not isinstance(record, dict) or record.get("kind") != KIND:
+            raise ValueError(f"{path} is not a backfill checkpoint (no header on line 1)")
+        if record.get("format") != FORMAT:
+            raise ValueError(
+                f"format {record.get('format')!r} is not the one this backfill reads ({FORMAT}); "
+                "use the backfill version that wrote it"
+            )
+        self.plan = Plan.from_json(record["plan"])
+        if self.plan.fingerprint() != record.get("fingerprint"):
+            raise ValueError("the header's fingerprint does not match its plan")
+        self.header = record
+
+    def _apply(self, record: dict[str, Any], index: dict[int, Entry]) -> None:
+        kind = record["t"]
+        if kind in {"w", "snap"}:
+            flow = record["f"]
+            start = record["s"]
+            if not (0 <= flow < len(self.plan.flows) and isinstance(start, int)):
+                raise ValueError(f"window {flow}/{start} is not in the plan")
+            key = (flow << _SHIFT) | start
+            entry = index.get(key)
+            if entry is None:
+                entry = index[key] = Entry()
+            if kind == "w":
+                check_transition(entry.state, WindowState(record["st"]))
+            _apply(entry, record)
+        elif kind == "plan":
+            plan = Plan.from_json(record["plan"])
+            if plan.fingerprint() != record.get("fingerprint"):
+                raise ValueError("a plan record's fingerprint does not match its plan")
+            self.plan = plan
+        else:
+            raise ValueError(f"unknown record type {kind!r}")
+
+
+def _apply(entry: Entry, record: dict[str, Any]) -> None:
+    entry.state = WindowState(record["st"])
+    if "a" in record:
+        entry.attempt = record["a"]
+    run_id = record.get("id")
+    if run_id is not None and run_id != entry.run_id:
+        if entry.run_id is not None:
+            entry.old_runs = (*entry.old_runs, entry.run_id)
+        entry.run_id = run_id
+    if "old" in record:
+        entry.old_runs = tuple(record["old"])
+    if "ts" in record:
+        entry.since = record["ts"]
+    if entry.state is WindowState.SUBMITTING:
+        entry.retrigger = record.get("m") == "re-trigger"
+    if "err" in record:
+        entry.errors = record["err"]
+    elif entry.state is not WindowState.FAILED:
+        entry.errors = None
+
+
+def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "t": "snap",
+        "f": key >> _SHIFT,
+        "s": key & ((1 << _SHIFT) - 1),
+        "st": entry.state.value,
+        "a": entry.attempt,
+    }
+    if entry.run_id is not None:
+        record["id"] = entry.run_id
+    if entry.old_runs:
+        record["old"] = list(entry.old_runs)
+    if entry.since:
+        record["ts"] = entry.since
+    if entry.retrigger and entry.state is WindowState.SUBMITTING:
+        record["m"] = "re-trigger"
+    if entry.errors:
+        record["err"] = entry.errors
+    return record
+
+
+def _plan_record(plan: Plan, kind: str | None) -> dict[str, Any]:
+    head: dict[str, Any] = {"t": kind} if kind else {"kind": KIND, "format": FORMAT}
+    return head | {"fingerprint": plan.fingerprint(), "plan": plan.to_json()}
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"a record lacks the field {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _lock(path: Path) -> int:
+    """Take the checkpoint's exclusive lock, or say which process holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CheckpointWriteError(str(path), exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode().strip()
+        finally:
+            os.close(fd)
+        raise CheckpointLocked(str(path), int(holder) if holder.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _open_append(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CheckpointWriteError(str(path), exc) from exc
+
+
+def _write_file(path: Path, header: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, orjson.dumps(header) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Drop a torn tail (a crash mid-write), so the next append starts on a fresh line."""
+    try:
+        os.truncate(path, size)
+    except OSError as exc:
+        raise CheckpointWriteError(str(path), exc) from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

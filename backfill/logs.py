@@ -1,0 +1,113 @@
+"""structlog set-up: JSON lines when not on a terminal, readable console output on one.
+
+A redaction processor runs last before rendering: fields whose name says "secret" are
+masked, and any registered secret value is cut out of every string, wherever it hides.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ["SecretScrubber", "configure", "json_mode", "register_secret"]
+
+_SENSITIVE_KEYS = frozenset(
+    {"authorization", "access_token", "client_secret", "token", "secret", "password"}
+)
+_MASK = "[redacted]"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+class SecretScrubber:
+    """A structlog processor that keeps secrets out of every log line."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def register(self, value: str) -> None:
+        if len(value) >= 4:  # shorter values would mask ordinary words
+            self._secrets.add(value)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, _MASK)
+            return value
+        if isinstance(value, dict):
+            return {k: _MASK if _sensitive(k) else self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.scrub(str(value))
+        return value
+
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        for key, value in event.items():
+            event[key] = _MASK if _sensitive(key) else self.scrub(value)
+        return event
+
+
+def _sensitive(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in _SENSITIVE_KEYS
+
+
+scrubber = SecretScrubber()
+register_secret = scrubber.register
+
+_json = False
+
+
+def json_mode() -> bool:
+    """Whether output is JSON lines (set by ``configure``)."""
+    return _json
+
+
+def _dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure(
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+) -> bool:
+    """Set up structlog; returns True when output is JSON lines.
+
+    JSON lines go to stdout (one event per line, what container log collectors read);
+    console output goes to stderr so stdout stays clean for command output.
+    """
+    global _json  # noqa: PLW0603 - one process-wide logging mode, set once by the CLI
+    _json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if _json:
+        out = stream or sys.stdout
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        out = stream or sys.stderr
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[*shared, scrubber, _drop_empty, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    return _json
+
+
+def _drop_empty(logger: WrappedLogger, name: str, event: MutableMapping[str, Any]) -> Any:
+    return {k: v for k, v in event.items() if v is not None}

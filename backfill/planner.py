@@ -1,0 +1,406 @@
+"""The plan: which time windows each flow is backfilled in. Pure: no I/O, no clock.
+
+A flow's range is cut into contiguous half-open windows ``[start, end)`` of one size, the last
+one clipped to the range's end. Windows are produced lazily, so ten years of one-minute windows
+cost no memory. A plan that was extended (``--extend``) keeps the windows it had and adds
+segments before or after them, so recorded windows never change their boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import orjson
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "FlowPlan",
+    "Order",
+    "Plan",
+    "Segment",
+    "Shard",
+    "Window",
+    "format_duration",
+    "format_time",
+    "parse_duration",
+    "parse_time",
+]
+
+# Unix seconds outside [1990, 2100) are not a date anyone backfills: they are milliseconds,
+# microseconds, or a typo such as the tutorial's 11-digit "16515859567" (year 2493).
+EARLIEST = 631152000  # 1990-01-01T00:00:00Z
+LATEST = 4102444800  # 2100-01-01T00:00:00Z
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DIGITS = re.compile(r"^\s*-?\d+\s*$")
+
+
+def parse_time(value: str | int) -> int:
+    """Unix seconds from an integer, a string of digits, or an ISO-8601 date or datetime.
+
+    An ISO value without an offset is UTC. Raises ``ValueError`` saying what is wrong and how
+    to write it instead.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a time, got a boolean")
+    if isinstance(value, int):
+        return _plausible(value, str(value))
+    text = value.strip()
+    if not text:
+        raise ValueError("empty; give unix seconds or an ISO date such as 2024-01-31")
+    if _DIGITS.match(text):
+        return _plausible(int(text), text)
+    try:
+        if len(text) == 10 and text[4] == "-":
+            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time; give unix seconds (e.g. 1651584991) or ISO-8601 "
+            "(e.g. 2024-01-31 or 2024-01-31T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment.microsecond:
+        raise ValueError(f"{text!r} has fractions of a second; windows are whole seconds")
+    return _plausible(int(moment.timestamp()), text)
+
+
+def _plausible(seconds: int, text: str) -> int:
+    if seconds >= 10**11:
+        raise ValueError(
+            f"{text} looks like milliseconds, not unix seconds; divide it by 1000 "
+            f"({seconds // 1000}) or give an ISO date"
+        )
+    if not EARLIEST <= seconds < LATEST:
+        raise ValueError(
+            f"{text} is not a plausible unix time in seconds ({format_time(seconds)}); "
+            "unix seconds in this century have 10 digits"
+        )
+    return seconds
+
+
+def format_time(seconds: int) -> str:
+    """ISO-8601 UTC, as people read it; out-of-range values print as plain numbers."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return str(seconds)
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds from ``30s``, ``15m``, ``6h``, ``1d``, ``7d``, ``2w`` (or whole seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a duration; write a whole number and a unit: "
+                "30s, 15m, 6h, 1d or 7d"
+            )
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration; use e.g. 1h or 1d")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact spelling: 86400 -> ``1d``, 5400 -> ``90m``."""
+    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"  # pragma: no cover - "s" divides every integer
+
+
+class Window(NamedTuple):
+    """One run's worth of data: ``[start, end)`` in unix seconds.
+
+    A NamedTuple rather than a dataclass: millions are created while streaming a plan, and
+    tuple construction is several times cheaper than a frozen dataclass's.
+    """
+
+    flow_id: str
+    start: int
+    end: int
+
+
+class Order(StrEnum):
+    """Which windows go first."""
+
+    OLDEST_FIRST = "oldest-first"
+    NEWEST_FIRST = "newest-first"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` of ``count``: a deterministic share of every flow's windows.
+
+    A window belongs to shard ``(crc32(flow) + start // size) % count``: consecutive windows
+    go to consecutive shards (even shares), and ownership depends only on the window itself,
+    so it survives an extended plan.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= index < count")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A half-open range ``[start, end)`` of one flow, cut into windows from its start."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise ValueError(
+                f"the range {format_time(self.start)} .. {format_time(self.end)} is empty; "
+                "the end must come after the start"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPlan:
+    """One flow's windows: contiguous segments cut into windows of ``window`` seconds."""
+
+    flow_id: str
+    window: int
+    segments: tuple[Segment, ...]
+    delta_column: str | None = None
+    _salt: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.window <= 0:
+            raise ValueError("the window size must be positive")
+        if not self.segments:
+            raise ValueError(f"flow {self.flow_id} has no range")
+        for before, after in zip(self.segments, self.segments[1:], strict=False):
+            if before.end != after.start:
+                raise ValueError(f"flow {self.flow_id}: segments must be contiguous and sorted")
+        object.__setattr__(self, "_salt", zlib.crc32(self.flow_id.encode()))
+
+    @classmethod
+    def single(
+        cls, flow_id: str, start: int, end: int, window: int, delta_column: str | None = None
+    ) -> FlowPlan:
+        return cls(flow_id, window, (Segment(start, end),), delta_column)
+
+    @property
+    def start(self) -> int:
+        return self.segments[0].start
+
+    @property
+    def end(self) -> int:
+        return self.segments[-1].end
+
+    def count(self, shard: Shard | None = None) -> int:
+        """Windows of this flow (those of ``shard`` only, when given), without listing them."""
+        total = 0
+        for segment in self.segments:
+            n = -(-(segment.end - segment.start) // self.window)
+            if shard is None or shard.count == 1:
+                total += n
+                continue
+            # Window i of the segment belongs to shard (salt + first + i) % count.
+            offset = (shard.index - self._salt - segment.start // self.window) % shard.count
+            total += max(0, -(-(n - offset) // shard.count))
+        return total
+
+    def windows(
+        self, order: Order = Order.OLDEST_FIRST, shard: Shard | None = None
+    ) -> Iterator[Window]:
+        """Stream this flow's windows (those of ``shard`` only, when given)."""
+        flow_id, size = self.flow_id, self.window
+        segments = self.segments if order is Order.OLDEST_FIRST else reversed(self.segments)
+        count, index = (shard.count, shard.index) if shard is not None else (1, 0)
+        salt = self._salt
+        for segment in segments:
+            first, last = segment.start, segment.end
+            starts = range(first, last, size)
+            if order is Order.NEWEST_FIRST:
+                starts = starts[::-1]
+            if count == 1:
+                for start in starts:
+                    end = start + size
+                    yield Window(flow_id, start, end if end < last else last)
+            else:
+                for start in starts:
+                    if (salt + start // size) % count == index:
+                        end = start + size
+                        yield Window(flow_id, start, end if end < last else last)
+
+    def owner(self, window_start: int, shard_count: int) -> int:
+        """Index of the shard that owns the window starting at ``window_start``."""
+        return (self._salt + window_start // self.window) % shard_count
+
+    def window_at(self, start: int) -> Window | None:
+        """The planned window that starts at ``start``, if there is one."""
+        for segment in self.segments:
+            if segment.start <= start < segment.end:
+                if (start - segment.start) % self.window:
+                    return None
+                return Window(self.flow_id, start, min(start + self.window, segment.end))
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.flow_id,
+            "window": self.window,
+            "segments": [[s.start, s.end] for s in self.segments],
+            "delta_column": self.delta_column,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FlowPlan:
+        return cls(
+            flow_id=str(data["id"]),
+            window=int(data["window"]),
+            segments=tuple(Segment(int(a), int(b)) for a, b in data["segments"]),
+            delta_column=data.get("delta_column"),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{format_time(self.start)} .. {format_time(self.end)} "
+            f"every {format_duration(self.window)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Every flow's windows, in the order flows were given."""
+
+    flows: tuple[FlowPlan, ...]
+    shard: Shard = Shard()
+
+    def __post_init__(self) -> None:
+        ids = [flow.flow_id for flow in self.flows]
+        if not ids:
+            raise ValueError("the plan has no flows")
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"flow {duplicates[0]} is listed twice; list each flow once")
+
+    def count(self) -> int:
+        """Windows of this plan's shard, across all flows."""
+        return sum(flow.count(self.shard) for flow in self.flows)
+
+    def flow(self, flow_id: str) -> FlowPlan:
+        for flow in self.flows:
+            if flow.flow_id == flow_id:
+                return flow
+        raise KeyError(flow_id)
+
+    def windows(self, order: Order = Order.OLDEST_FIRST) -> Iterator[Window]:
+        """This shard's windows of every flow, merged in time order."""
+        streams = [flow.windows(order, self.shard) for flow in self.flows]
+        if len(streams) == 1:
+            return streams[0]
+        if order is Order.OLDEST_FIRST:
+            return heapq.merge(*streams, key=lambda w: w.start)
+        return heapq.merge(*streams, key=lambda w: -w.start)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"flows": [flow.to_json() for flow in self.flows], "shard": str(self.shard)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        index, count = (int(part) for part in str(data.get("shard", "0/1")).split("/"))
+        return cls(tuple(FlowPlan.from_json(f) for f in data["flows"]), Shard(index, count))
+
+    def fingerprint(self) -> str:
+        canonical = orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()[:32]
+
+    def differences(self, requested: Plan) -> list[str]:
+        """What ``requested`` changes about this (recorded) plan, in words."""
+        found: list[str] = []
+        if self.shard != requested.shard:
+            found.append(f"shard {self.shard} recorded, {requested.shard} requested")
+        mine = {flow.flow_id: flow for flow in self.flows}
+        theirs = {flow.flow_id: flow for flow in requested.flows}
+        for flow_id, flow in mine.items():
+            other = theirs.get(flow_id)
+            if other is None:
+                found.append(f"flow {flow_id} is recorded but no longer planned")
+                continue
+            if flow.window != other.window:
+                found.append(
+                    f"flow {flow_id}: window {format_duration(flow.window)} recorded, "
+                    f"{format_duration(other.window)} requested"
+                )
+            if flow.delta_column != other.delta_column:
+                found.append(
+                    f"flow {flow_id}: delta column {flow.delta_column!r} recorded, "
+                    f"{other.delta_column!r} requested"
+                )
+            if (flow.start, flow.end) != (other.start, other.end):
+                found.append(
+                    f"flow {flow_id}: {format_time(flow.start)} .. {format_time(flow.end)} "
+                    f"recorded, {format_time(other.start)} .. {format_time(other.end)} requested"
+                )
+        found.extend(f"flow {flow_id} is new" for flow_id in theirs if flow_id not in mine)
+        return found
+
+    def extended_to(self, requested: Plan) -> Plan:
+        """This plan plus the windows ``requested`` adds; ``ValueError`` if it removes any.
+
+        An extension may start earlier, end later or add flows. Recorded windows keep their
+        boundaries: the new time is planned as segments of its own before and after them.
+        """
+        problems: list[str] = []
+        if self.shard != requested.shard:
+            problems.append(f"shard {self.shard} recorded, {requested.shard} requested")
+        theirs = {flow.flow_id: flow for flow in requested.flows}
+        flows: list[FlowPlan] = []
+        for flow in self.flows:
+            other = theirs.pop(flow.flow_id, None)
+            if other is None:
+                problems.append(f"flow {flow.flow_id} is recorded but no longer planned")
+                continue
+            if flow.window != other.window or flow.delta_column != other.delta_column:
+                problems.append(f"flow {flow.flow_id}: window size or delta column changed")
+                continue
+            if other.start > flow.start or other.end < flow.end:
+                problems.append(
+                    f"flow {flow.flow_id}: {format_time(other.start)} .. "
+                    f"{format_time(other.end)} drops recorded windows of "
+                    f"{format_time(flow.start)} .. {format_time(flow.end)}"
+                )
+                continue
+            segments: list[Segment] = []
+            if other.start < flow.start:
+                segments.append(Segment(other.start, flow.start))
+            segments.extend(flow.segments)
+            if other.end > flow.end:
+                segments.append(Segment(flow.end, other.end))
+            flows.append(FlowPlan(flow.flow_id, flow.window, tuple(segments), flow.delta_column))
+        flows.extend(theirs.values())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return Plan(tuple(flows), self.shard)

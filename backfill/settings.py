@@ -1,0 +1,485 @@
+"""Every option, validated once: command-line flag > environment variable > TOML file > default.
+
+This is the only module that reads the environment or the config file. Options are named in
+snake_case everywhere: ``--max-attempts`` is ``BACKFILL_MAX_ATTEMPTS`` and ``max_attempts``
+in the TOML file. Secrets come only from the environment or from files named there (container
+secrets), never from flags (process listings show them) nor from the config file (it is
+usually committed or kept in a ConfigMap).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from yarl import URL
+
+from .auth import DEFAULT_SCOPES, IMS_URL
+from .client import PRODUCTION_URL
+from .engine import OnFailure, RetryMode
+from .errors import ConfigError
+from .limits import Rate
+from .planner import FlowPlan, Order, Plan, Shard, format_time, parse_duration, parse_time
+
+__all__ = ["FlowConfig", "Settings", "load_settings"]
+
+_FLOW_ID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_ORG_ID = re.compile(r"^[A-Za-z0-9]+@AdobeOrg$")
+_SANDBOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SECRETS = ("access_token", "client_secret")
+_SINGLE_FLOW = ("flow_id", "delta_column")
+
+
+def _rate(value: Any) -> Any:
+    if isinstance(value, str):
+        return Rate.parse(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Rate(float(value))
+    return value
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as ``30s``/``2m`` or a number of seconds."""
+    if isinstance(value, str) and value.strip() and value.strip()[-1] in "smhdw":
+        return float(parse_duration(value))
+    return value
+
+
+RateOption = Annotated[Rate, BeforeValidator(_rate)]
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+class FlowConfig(BaseModel):
+    """One ``[[flows]]`` table of the config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    start: str | int | None = None
+    end: str | int | None = None
+    window: str | int | None = None
+    delta_column: str | None = None
+
+
+_config_data: ContextVar[dict[str, Any] | None] = ContextVar("backfill_config_data", default=None)
+
+
+class _ConfigFileSource(InitSettingsSource):
+    """The TOML file's values, read and checked by ``load_settings`` before validation."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls, dict(_config_data.get() or {}))
+
+
+class Settings(BaseSettings):
+    """Every option of every command."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BACKFILL_",
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+    )
+
+    # The service and credentials
+    base_url: str = PRODUCTION_URL
+    api_key: str | None = None
+    org_id: str | None = None
+    sandbox_name: str = "prod"
+    access_token: SecretStr | None = None
+    access_token_file: Path | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    scopes: str = DEFAULT_SCOPES
+    ims_url: str = IMS_URL
+    connect_timeout: Seconds = 10.0
+    request_timeout: Seconds = 60.0
+
+    # What to backfill: one flow from flags/environment, or [[flows]] in the config file
+    flow_id: str | None = None
+    start: str | int | None = None
+    end: str | int | None = None
+    window: str | int | None = None
+    delta_column: str | None = None
+    flows: list[FlowConfig] = Field(default_factory=list)
+
+    # How
+    checkpoint: str = "backfill-checkpoint.jsonl"
+    rate: RateOption = Rate(10.0)
+    concurrency: int = Field(16, ge=1, le=1024)
+    order: Order = Order.OLDEST_FIRST
+    extend: bool = False
+
+    # Following runs
+    wait: bool = False
+    max_active_runs: int | None = Field(None, ge=1)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_mode: RetryMode = RetryMode.RETRIGGER
+    on_failure: OnFailure = OnFailure.CONTINUE
+    poll_interval: Seconds = 10.0
+    reconcile_delay: float = Field(2.0, ge=0)
+
+    # Stopping
+    grace: float = Field(20.0, ge=0)
+
+    # Output
+    report: Path | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    progress_interval: Seconds = 10.0
+
+    # Scale-out
+    shard: str | None = None
+    shard_count: int | None = Field(None, ge=1)
+    job_completion_index: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=AliasChoices("job_completion_index", "JOB_COMPLETION_INDEX"),
+    )
+    rate_per_shard: RateOption | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @field_validator("base_url", "ims_url")
+    @classmethod
+    def _safe_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if url.scheme == "http" and not _loopback(url.host):
+            raise ValueError(
+                f"{value!r} is plain http to a non-loopback host; use https "
+                "(http is only for the local emulator on 127.0.0.1)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("org_id")
+    @classmethod
+    def _org_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _ORG_ID.match(value):
+            raise ValueError(f"{value!r} is not an organization id; it looks like ABC123@AdobeOrg")
+        return value
+
+    @field_validator("api_key", "client_id")
+    @classmethod
+    def _token_shape(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError("must be a non-empty value without spaces")
+        return value
+
+    @field_validator("sandbox_name")
+    @classmethod
+    def _sandbox_shape(cls, value: str) -> str:
+        if not _SANDBOX.match(value):
+            raise ValueError(
+                f"{value!r} is not a sandbox name (letters, digits, - and _), e.g. prod"
+            )
+        return value
+
+    @field_validator("flow_id")
+    @classmethod
+    def _flow_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_flow_id(value)
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_shard(value)
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_shape(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; give a file path, e.g. backfill-checkpoint.jsonl")
+        return value
+
+    # -------------------------------------------------------------- derived
+
+    def shard_spec(self) -> Shard:
+        """This process's shard: ``--shard I/N``, else ``JOB_COMPLETION_INDEX`` of N."""
+        if self.shard is not None:
+            return _parse_shard(self.shard)
+        if self.job_completion_index is not None or self.shard_count is not None:
+            if self.shard_count is None:
+                raise ConfigError(
+                    "BACKFILL_SHARD_COUNT", "JOB_COMPLETION_INDEX is set: set the shard count too"
+                )
+            index = self.job_completion_index or 0
+            if index >= self.shard_count:
+                raise ConfigError(
+                    "JOB_COMPLETION_INDEX",
+                    f"{index} is not below BACKFILL_SHARD_COUNT={self.shard_count}",
+                )
+            return Shard(index, self.shard_count)
+        return Shard()
+
+    def checkpoint_path(self) -> Path:
+        """This shard's checkpoint: ``{shard}`` in the path, else a ``.shard-I`` suffix."""
+        shard = self.shard_spec()
+        if "{shard}" in self.checkpoint:
+            return Path(self.checkpoint.replace("{shard}", str(shard.index)))
+        path = Path(self.checkpoint)
+        if shard.whole:
+            return path
+        return path.with_name(f"{path.stem}.shard-{shard.index}{path.suffix}")
+
+    def effective_rate(self) -> Rate:
+        """This process's share of the rate limit."""
+        if self.rate_per_shard is not None:
+            return self.rate_per_shard
+        return self.rate.divided(self.shard_spec().count)
+
+    def plan(self, *, now: float) -> Plan:
+        """The plan the options describe; times past ``now`` are refused."""
+        single = {name: getattr(self, name) for name in _SINGLE_FLOW}
+        if self.flow_id is not None:
+            configs = [
+                (
+                    "--",
+                    FlowConfig(
+                        id=self.flow_id,
+                        start=self.start,
+                        end=self.end,
+                        window=self.window,
+                        delta_column=self.delta_column,
+                    ),
+                )
+            ]
+        elif self.flows:
+            if single["delta_column"] is not None:
+                raise ConfigError("--delta-column", "goes with --flow-id; put it in [[flows]]")
+            configs = [(f"flows[{i}].", flow) for i, flow in enumerate(self.flows)]
+        else:
+            raise ConfigError(
+                "--flow-id",
+                "no flow to backfill: give --flow-id, --start, --end and --window, "
+                "or [[flows]] in a --config file",
+            )
+        plans = [self._flow_plan(prefix, flow, now) for prefix, flow in configs]
+        try:
+            return Plan(tuple(plans), self.shard_spec())
+        except ValueError as exc:
+            raise ConfigError("flows", str(exc)) from None
+
+    def _flow_plan(self, prefix: str, flow: FlowConfig, now: float) -> FlowPlan:
+        def name(field: str) -> str:
+            return f"--{field.replace('_', '-')}" if prefix == "--" else f"{prefix}{field}"
+
+        if prefix != "--":
+            try:
+                _check_flow_id(flow.id)
+            except ValueError as exc:
+                raise ConfigError(name("id"), str(exc)) from None
+        values: dict[str, int] = {}
+        for field, parse in (
+            ("start", parse_time),
+            ("end", parse_time),
+            ("window", parse_duration),
+        ):
+            raw = getattr(flow, field)
+            if raw is None:
+                raw = getattr(self, field)
+            if raw is None:
+                example = {"start": "2024-01-01", "end": "2025-01-01", "window": "1d"}[field]
+                raise ConfigError(name(field), f"missing; give e.g. {example}")
+            try:
+                values[field] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(name(field), str(exc)) from None
+        start, end = values["start"], values["end"]
+        if end <= start:
+            raise ConfigError(
+                name("end"),
+                f"{format_time(end)} is not after the start {format_time(start)}; "
+                "the range must not be empty",
+            )
+        if end > now:
+            raise ConfigError(
+                name("end"),
+                f"{format_time(end)} is in the future; a window past now would miss data that "
+                "has not arrived yet (end the backfill at or before now)",
+            )
+        if flow.delta_column is not None and not flow.delta_column.strip():
+            raise ConfigError(name("delta_column"), "is empty; give the column's name or omit it")
+        return FlowPlan.single(flow.id, start, end, values["window"], flow.delta_column)
+
+    def require_credentials(self) -> None:
+        """The API options a command that talks to the service cannot do without."""
+        if not self.api_key:
+            raise ConfigError("BACKFILL_API_KEY", "missing; set it to your credential's client id")
+        if not self.org_id:
+            raise ConfigError("BACKFILL_ORG_ID", "missing; set it to your org id (…@AdobeOrg)")
+        if self.access_token is None and not (self.client_id and self.client_secret):
+            raise ConfigError(
+                "BACKFILL_ACCESS_TOKEN",
+                "no credentials; set BACKFILL_ACCESS_TOKEN (or BACKFILL_ACCESS_TOKEN_FILE), or "
+                "BACKFILL_CLIENT_ID with BACKFILL_CLIENT_SECRET (or BACKFILL_CLIENT_SECRET_FILE)",
+            )
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    config_file: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from flags (only those given), the environment and the TOML file.
+
+    Raises ``ConfigError`` naming the option as the user spelled it.
+    """
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get("BACKFILL_CONFIG"):
+        config_file = Path(environ["BACKFILL_CONFIG"])
+    data = _read_config(config_file) if config_file is not None else {}
+    token = _config_data.set(data)
+    try:
+        settings = Settings(**dict(flags))
+    except ValidationError as exc:
+        raise _config_error(exc, flags, environ, config_file) from None
+    finally:
+        _config_data.reset(token)
+    return _read_secret_files(settings)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    field = f"--config {path}"
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(field, "no such file; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(field, "is a folder; give the TOML file inside it") from None
+    except OSError as exc:
+        raise ConfigError(field, f"cannot be read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(field, f"is not valid TOML ({exc})") from None
+    known = set(Settings.model_fields) - {"job_completion_index"}
+    for key in data:
+        if key in _SECRETS:
+            raise ConfigError(
+                f"{path}: {key}",
+                f"secrets are not read from config files; set BACKFILL_{key.upper()} or "
+                f"BACKFILL_{key.upper()}_FILE instead",
+            )
+        if key not in known:
+            close = [
+                k for k in known if k.replace("_", "") == key.replace("_", "").replace("-", "")
+            ]
+            hint = f"did you mean {close[0]!r}?" if close else "see the README for the options"
+            raise ConfigError(f"{path}: {key}", f"unknown option; {hint}")
+    return data
+
+
+def _read_secret_files(settings: Settings) -> Settings:
+    updates: dict[str, SecretStr] = {}
+    for name in _SECRETS:
+        path: Path | None = getattr(settings, f"{name}_file")
+        if path is None:
+            continue
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"BACKFILL_{name.upper()}_FILE", f"{path} cannot be read ({exc.strerror})"
+            ) from None
+        if not value:
+            raise ConfigError(f"BACKFILL_{name.upper()}_FILE", f"{path} is empty")
+        updates[name] = SecretStr(value)
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def _config_error(
+    exc: ValidationError,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+) -> ConfigError:
+    """The first problem, named the way the user wrote the option."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    field = loc[0] if loc else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown option"
+    elif error["type"] in ("int_parsing", "float_parsing", "bool_parsing", "enum", "literal_error"):
+        message = f"{error.get('input')!r}: {message[0].lower()}{message[1:]}"
+    env_name = (
+        "JOB_COMPLETION_INDEX" if field == "job_completion_index" else f"BACKFILL_{field.upper()}"
+    )
+    if field in flags:
+        where = f"--{field.replace('_', '-')}"
+    elif env_name in environ or env_name.lower() in {k.lower() for k in environ}:
+        where = env_name
+    elif config_file is not None:
+        where = f"{config_file}: {'.'.join(loc)}"
+    else:
+        where = field
+    return ConfigError(where, message)
+
+
+def _parse_shard(text: str) -> Shard:
+    match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a shard; write INDEX/COUNT, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise ValueError(f"{text!r}: the index must be below the count (0/4 .. 3/4)")
+    return Shard(index, count)
+
+
+def _check_flow_id(value: str) -> None:
+    if not _FLOW_ID.match(value):
+        raise ValueError(
+            f"{value!r} is not a flow id; flow ids are UUIDs like "
+            "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
