@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,8 @@ async def status_command(
                     client = FlowServiceClient(
                         session, settings.base_url, _identity(settings), tokens
                     )
-                    options = _engine_options(settings, retry_failed=False)
+                    # Follow every unfinished run for one poll, as --wait would.
+                    options = replace(_engine_options(settings, retry_failed=False), wait=True)
                     engine = Engine(journal, client, RateLimiter(settings.rate), options)
                     await engine.refresh()
             finally:

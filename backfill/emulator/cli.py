@@ -1,0 +1,331 @@
+"""``backfill emulator``: parse the flags, serve until SIGINT or SIGTERM, save the state."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from .app import serve
+from .config import EmulatorConfig, FlowKind
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+PROG = "backfill emulator"
+
+_DESCRIPTION = """\
+Run a local Adobe Flow Service (runs, flows) and IMS token endpoint for demos, tests and
+dry rehearsals of a backfill. Point backfill at the printed base URL.
+
+By default every header value is accepted, flows are registered by their first run (a first
+run with params.deltaColumn makes a table-based flow, without it a file-based one), runs are
+"scheduled" for --scheduled-for seconds, "inProgress" for --running-for seconds, then
+"success" (or "failed" at --fail-rate), and nothing misbehaves. Each fault flag makes it
+misbehave like production; all draws are deterministic for a --seed.
+"""
+
+_EPILOG = """\
+listing:
+  GET /runs orders by createdAt ascending (orderby=-createdAt for newest first), 20 runs a
+  page unless limit=N; follow _links.next.href (a keyset cursor: runs created meanwhile
+  never hide existing ones)
+
+inspection:
+  GET  /__emulator/stats   every run with its window and status, per-window counts,
+                           duplicates, requests per endpoint and status, the most
+                           requests in one second, the most active runs per flow
+  POST /__emulator/reset   forget runs, undeclared flows and counters
+
+examples:
+  backfill emulator --port 8080 --flow 3abea21c-7e36-4be1-bec1-d3bad0e3e0de:table
+  backfill emulator --port 0 --ready-file /tmp/emu.url --seed 7 \\
+      --rate-limit 20 --error-rate 0.05 --drop-rate 0.01 --fail-rate 0.1
+  backfill emulator --state demo-state.json    # restart mid-demo without losing runs
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout and show every default that is a value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False):
+            return action.help  # "(default: None)" says nothing a reader can use
+        return super()._get_help_string(action)
+
+
+def _flow(text: str) -> tuple[str, FlowKind]:
+    flow_id, sep, kind = text.rpartition(":")
+    if not sep or not flow_id or kind not in ("table", "file"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not ID:table or ID:file (e.g. 3abea21c-...:table)"
+        )
+    return flow_id, FlowKind(kind)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``backfill emulator``; every flag mirrors an ``EmulatorConfig`` field."""
+    default = EmulatorConfig()
+    parser = _Parser(
+        prog=PROG, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=_Formatter
+    )
+
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default=default.host, help="address to listen on")
+    server.add_argument(
+        "--port",
+        type=int,
+        default=default.port,
+        metavar="N",
+        help="port to listen on; 0 picks a free port",
+    )
+    server.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=default.seed,
+        help="seed of every random draw (run ids, fates, faults): same seed and same "
+        "requests give the same outcomes",
+    )
+    server.add_argument(
+        "--response-shape",
+        choices=("full", "items"),
+        default=default.response_shape,
+        help="answer of POST /runs: 'full' is the whole run object (as in the tutorial), "
+        '\'items\' is {"items": [{"id", "etag"}]} (as in the API reference)',
+    )
+    server.add_argument(
+        "--max-page-size",
+        type=int,
+        metavar="N",
+        default=default.max_page_size,
+        help="cap on the limit of GET /runs (the page size is 20 without limit)",
+    )
+    server.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="FILE",
+        help="once listening, write the base URL into FILE (atomically); removed at exit",
+    )
+    server.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="load runs, flows and issued tokens from FILE at start and save them there "
+        "(atomically) at exit, so a restart forgets nothing",
+    )
+
+    flows = parser.add_argument_group("flows")
+    flows.add_argument(
+        "--flow",
+        type=_flow,
+        action="append",
+        default=[],
+        metavar="ID:KIND",
+        help="declare a flow, KIND 'table' (its first run must carry deltaColumn) or 'file' "
+        "(runs must not); repeatable. Once any flow is declared, other flow ids get 1430-400",
+    )
+
+    auth = parser.add_argument_group(
+        "authentication (each flag makes its check strict; without it any non-empty value passes)"
+    )
+    auth.add_argument(
+        "--token",
+        help="the only static bearer token accepted (tokens issued by /ims/token/v3 are "
+        "valid too until they expire)",
+    )
+    auth.add_argument("--api-key", help="the x-api-key value required")
+    auth.add_argument("--org", help="the x-gw-ims-org-id value required (e.g. ABC123@AdobeOrg)")
+    auth.add_argument("--sandbox", help="the x-sandbox-name value required (e.g. prod)")
+    auth.add_argument("--client-id", help="the client_id that /ims/token/v3 requires")
+    auth.add_argument("--client-secret", help="the client_secret that /ims/token/v3 requires")
+    auth.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=default.token_lifetime,
+        metavar="SECONDS",
+        help="lifetime of issued tokens; an expired one gets 401 401013 (make it short to "
+        "rehearse a token expiring mid-backfill)",
+    )
+
+    lifecycle = parser.add_argument_group("run lifecycle")
+    lifecycle.add_argument(
+        "--scheduled-for",
+        type=float,
+        default=default.scheduled_for,
+        metavar="SECONDS",
+        help="how long a new or re-triggered run stays 'scheduled'",
+    )
+    lifecycle.add_argument(
+        "--running-for",
+        type=float,
+        default=default.running_for,
+        metavar="SECONDS",
+        help="how long it then stays 'inProgress' before 'success' or 'failed'",
+    )
+    lifecycle.add_argument(
+        "--fail-rate",
+        type=float,
+        default=default.fail_rate,
+        metavar="FRACTION",
+        help="fraction of runs (and of re-triggered attempts) that end 'failed'",
+    )
+    lifecycle.add_argument(
+        "--max-active-runs",
+        type=int,
+        metavar="N",
+        help="most runs of one flow scheduled or in progress at once; more gets 429 "
+        "(POST /runs and re-trigger)",
+    )
+
+    faults = parser.add_argument_group(
+        "faults (on Flow Service requests; IMS only gets the latency, stats get none)"
+    )
+    faults.add_argument(
+        "--rate-limit",
+        type=int,
+        metavar="N",
+        help="most requests per sliding second (rejected ones count too); more gets 429 "
+        "with Retry-After",
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=int,
+        default=default.retry_after,
+        metavar="SECONDS",
+        help="the Retry-After header of every 429 and 503",
+    )
+    faults.add_argument(
+        "--error-rate",
+        type=float,
+        default=default.error_rate,
+        metavar="FRACTION",
+        help="fraction of requests answered 500, 502 or 503 before anything is done",
+    )
+    faults.add_argument(
+        "--latency",
+        type=float,
+        default=default.latency,
+        metavar="SECONDS",
+        help="delay added to every request",
+    )
+    faults.add_argument(
+        "--jitter",
+        type=float,
+        default=default.jitter,
+        metavar="SECONDS",
+        help="uniform +/- spread around --latency (never below 0)",
+    )
+    faults.add_argument(
+        "--drop-rate",
+        type=float,
+        default=default.drop_rate,
+        metavar="FRACTION",
+        help="fraction of POST /runs that create the run, then close the connection "
+        "without answering (the client cannot know the run exists)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """The configuration the flags describe; raises ValueError naming the flag to fix."""
+    return EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        response_shape=args.response_shape,
+        flows=tuple(args.flow),
+        token=args.token,
+        api_key=args.api_key,
+        org=args.org,
+        sandbox=args.sandbox,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_lifetime=args.token_lifetime,
+        scheduled_for=args.scheduled_for,
+        running_for=args.running_for,
+        fail_rate=args.fail_rate,
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        error_rate=args.error_rate,
+        latency=args.latency,
+        jitter=args.jitter,
+        drop_rate=args.drop_rate,
+        max_active_runs=args.max_active_runs,
+        max_page_size=args.max_page_size,
+        state_file=args.state,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``backfill emulator ARGV``; returns the exit status (0 after SIGINT/SIGTERM)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help, or a flag argparse itself refused
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    ready_file: Path | None = args.ready_file
+    if ready_file is not None:
+        # A stale file from an earlier run would tell a waiting script to go too early.
+        ready_file.unlink(missing_ok=True)
+    try:
+        runs = asyncio.run(_serve_until_signalled(config, ready_file))
+    except ValueError as exc:  # an unreadable --state file
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, the state file cannot be written, ...
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+    saved = f"; state saved to {config.state_file}" if config.state_file else ""
+    print(f"{PROG} stopped ({runs} runs{saved})", file=sys.stderr)
+    return 0
+
+
+async def _serve_until_signalled(config: EmulatorConfig, ready_file: Path | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with serve(config) as emulator:
+            print(f"{PROG} listening on {emulator.base_url}", flush=True)
+            if ready_file is not None:
+                _write_atomically(ready_file, emulator.base_url)
+            await stop.wait()
+            return len(emulator.app.store.runs)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # Readers poll for the file: they must never see it empty or half written.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Tests of the bundled Flow Service emulator (``backfill.emulator``)."""
