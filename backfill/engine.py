@@ -419,6 +419,7 @@ class Engine:
         journal = self._journal
         before = journal.state(window)
         settled = False
+        structlog.contextvars.bind_contextvars(**_fields(window), attempt=job.attempt)
         try:
             await journal.record(
                 window,
@@ -454,6 +455,7 @@ class Engine:
                         self._release(flow)
                         return
                     self.stats.request_retries += 1
+                    log.debug("request_retry", error=str(exc), retries=retries, throttled=throttled)
                     await self._sleep(self._backoff(exc, retries + throttled))
                     await self._limiter.acquire()
                 except PermanentError as exc:
@@ -470,6 +472,7 @@ class Engine:
                 window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
             )
             settled = True
+            log.debug("run_submitted", run_id=created.run_id, delta_column=job.first)
             self.stats.submitted += 1
             if job.mode is RetryMode.RETRIGGER:
                 self.stats.retried_runs += 1
@@ -517,9 +520,7 @@ class Engine:
 
     def _give_up(self, window: Window, reason: str) -> None:
         self.stats.failed_for_good += 1
-        log.warning(
-            "window_failed_for_good", flow=window.flow_id, start=window.start, reason=reason
-        )
+        log.warning("window_failed_for_good", **_fields(window), reason=reason)
         if self._options.on_failure is OnFailure.STOP:
             self.stop("a window failed for good (--on-failure stop)")
 
@@ -528,11 +529,7 @@ class Engine:
     def _to_doubt(self, job: _Job, error: Exception) -> None:
         self.stats.in_doubt += 1
         log.warning(
-            "request_in_doubt",
-            flow=job.window.flow_id,
-            start=job.window.start,
-            attempt=job.attempt,
-            error=str(error),
+            "request_in_doubt", **_fields(job.window), attempt=job.attempt, error=str(error)
         )
         self._doubt.setdefault(job.window.flow_id, {})[job.window] = job
         self._doubt_added.set()
@@ -626,16 +623,14 @@ class Engine:
             if len(matches) > 1:
                 self.stats.duplicates_found += len(matches) - 1
                 log.error(
-                    "duplicate_runs_found",
-                    flow=window.flow_id,
-                    start=window.start,
-                    runs=[r.run_id for r in matches],
+                    "duplicate_runs_found", **_fields(window), runs=[r.run_id for r in matches]
                 )
             adopted = min(matches, key=_adoption_rank) if matches else None
         if adopted is not None:
             await self._journal.record(
                 window, WindowState.SUBMITTED, attempt=job.attempt, run_id=adopted.run_id
             )
+            log.info("run_adopted", **_fields(window), attempt=job.attempt, run_id=adopted.run_id)
             self.stats.adopted += 1
             if flow.gate is not _Gate.OPEN and flow.plan.delta_column is not None:
                 flow.gate = _Gate.OPEN
@@ -712,6 +707,9 @@ class Engine:
             return True
         errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
         self._journal.record_nowait(window, new, errors=errors)
+        log.debug(
+            "run_finished", **_fields(window), attempt=entry.attempt, run_id=run.run_id, status=new
+        )
         self.stats.status_changes += 1
         del flow.tracked[run.run_id]
         flow.active -= 1
@@ -750,6 +748,11 @@ class Engine:
     def _close(self) -> None:
         self._closed.set()
         self._wake.set()
+
+
+def _fields(window: Window) -> dict[str, Any]:
+    """How a window appears in every log event."""
+    return {"flow": window.flow_id, "window_start": window.start, "window_end": window.end}
 
 
 def _adoption_rank(run: RunInfo) -> int:

@@ -31,8 +31,10 @@ from pydantic import (
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 from yarl import URL
 
@@ -69,7 +71,8 @@ def _seconds(value: Any) -> Any:
     return value
 
 
-RateOption = Annotated[Rate, BeforeValidator(_rate)]
+# NoDecode: an environment value like "10/s" is a string to parse, not JSON to decode.
+RateOption = Annotated[Rate, BeforeValidator(_rate), NoDecode]
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
@@ -188,6 +191,14 @@ class Settings(BaseSettings):
                 "(http is only for the local emulator on 127.0.0.1)"
             )
         return value.rstrip("/")
+
+    @field_validator("access_token", "client_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        # An empty variable (VAR= in a manifest) means "not set", not "the empty token".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("org_id")
     @classmethod
@@ -376,6 +387,10 @@ def load_settings(
         settings = Settings(**dict(flags))
     except ValidationError as exc:
         raise _config_error(exc, flags, environ, config_file) from None
+    except SettingsError as exc:  # an environment value that is not even the right shape
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"BACKFILL_{field.group(1).upper()}" if field else "environment"
+        raise ConfigError(name, "cannot be read as a value of its kind; see the README") from None
     finally:
         _config_data.reset(token)
     return _read_secret_files(settings)
