@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from contextlib import redirect_stderr
 from pathlib import Path
 
@@ -254,7 +253,7 @@ _BAD_INPUTS: list[tuple[str, list[str], dict[str, str], str | None, str]] = [
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in list(os.environ):
         if name.startswith("BACKFILL_") or name == "JOB_COMPLETION_INDEX":
             monkeypatch.delenv(name)
