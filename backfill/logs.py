@@ -94,16 +94,20 @@ def configure(
     ]
     renderer: Processor
     if _json:
-        out = stream or sys.stdout
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
-        out = stream or sys.stderr
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+
+    def factory(*_args: Any) -> structlog.PrintLogger:
+        # sys.stderr is looked up per logger, not once: the live progress display redirects
+        # it while it runs, so log lines print above the display instead of through it.
+        return structlog.PrintLogger(stream or (sys.stdout if _json else sys.stderr))
+
     structlog.configure(
         processors=[*shared, scrubber, _drop_empty, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     return _json

@@ -37,7 +37,10 @@ __all__ = [
 log = structlog.get_logger("backfill.report")
 
 _ORDER = list(WindowState)
-_LABELS = {WindowState.SUBMITTING: "in doubt"}
+# While a run goes on, "submitting" is a request in flight; in a stopped checkpoint it is a
+# request whose answer never came.
+_LIVE_LABELS = {WindowState.SUBMITTING: "in flight"}
+_STOPPED_LABELS = {WindowState.SUBMITTING: "in doubt"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +95,10 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _table(snapshot: Snapshot, title: str) -> Table:
+def _table(snapshot: Snapshot, title: str, labels: dict[WindowState, str]) -> Table:
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for state in _ORDER:
-        table.add_column(_LABELS.get(state, state.value), justify="right")
+        table.add_column(labels.get(state, state.value), justify="right")
     table.add_row(*(f"{snapshot.counts[state]:,}" for state in _ORDER))
     return table
 
@@ -114,7 +117,7 @@ def _progress_line(snapshot: Snapshot) -> Table:
     )
     outer = Table.grid()
     outer.add_row(grid)
-    outer.add_row(_table(snapshot, ""))
+    outer.add_row(_table(snapshot, "", _LIVE_LABELS))
     return outer
 
 
@@ -149,7 +152,8 @@ def print_summary(
         log.info("summary", outcome=outcome, **snapshot.as_dict())
         return
     console = Console(file=stream or sys.stdout)
-    console.print(_table(snapshot, f"backfill {outcome} after {_duration(snapshot.elapsed)}"))
+    title = f"backfill {outcome} after {_duration(snapshot.elapsed)}"
+    console.print(_table(snapshot, title, _STOPPED_LABELS))
     console.print(
         f"{snapshot.requests:,} requests sent, {snapshot.rate_limited:,} answered 429"
         + "".join(f", {v:,} {k.replace('_', ' ')}" for k, v in snapshot.extra.items() if v)
