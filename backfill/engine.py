@@ -193,6 +193,7 @@ class Engine:
         self._in_flight = 0
         self._reconciling = 0
         self._stopping: str | None = None
+        self._draining: str | None = None
         self._error: BackfillError | None = None
         self._unknown_statuses: set[str] = set()
         self.stats = Stats()
@@ -213,7 +214,7 @@ class Engine:
                 group.create_task(self._monitor_loop())
             await self._dispatch(group)
             self._close()
-        return Outcome(self._stopping, self._error)
+        return Outcome(self._stopping or self._draining, self._error)
 
     async def refresh(self) -> None:
         """One reconciliation and one status poll of everything unfinished; no submissions."""
@@ -326,11 +327,16 @@ class Engine:
         while True:
             if self._stopping is not None:
                 return None
-            job = self._pick()
-            if job is not None:
-                return job
-            if self._all_done():
-                return None
+            if self._draining is not None:
+                # --on-failure stop: nothing new goes out; what is out is followed to its end.
+                if self._quiet():
+                    return None
+            else:
+                job = self._pick()
+                if job is not None:
+                    return job
+                if self._all_done():
+                    return None
             self._wake.clear()
             await self._wake.wait()
 
@@ -400,16 +406,16 @@ class Engine:
 
     def _all_done(self) -> bool:
         """Nothing left to send, nothing in flight, and (with --wait) nothing running."""
-        if self._in_flight or self._doubt or self._reconciling:
-            return False
-        wait = self._options.wait
-        return all(
-            flow.exhausted
-            and flow.head is None
-            and not flow.retries
-            and not (wait and flow.tracked)
+        return self._quiet() and all(
+            flow.exhausted and flow.head is None and not flow.retries
             for flow in self._flows.values()
         )
+
+    def _quiet(self) -> bool:
+        """No request in flight or in doubt, and (with --wait) no run still going."""
+        if self._in_flight or self._doubt or self._reconciling:
+            return False
+        return not (self._options.wait and any(flow.tracked for flow in self._flows.values()))
 
     # ------------------------------------------------------------------ worker
 
@@ -521,8 +527,10 @@ class Engine:
     def _give_up(self, window: Window, reason: str) -> None:
         self.stats.failed_for_good += 1
         log.warning("window_failed_for_good", **_fields(window), reason=reason)
-        if self._options.on_failure is OnFailure.STOP:
-            self.stop("a window failed for good (--on-failure stop)")
+        if self._options.on_failure is OnFailure.STOP and self._draining is None:
+            self._draining = "a window failed for good (--on-failure stop)"
+            log.info("draining", reason=self._draining, in_flight=self._in_flight)
+            self._wake.set()
 
     # ------------------------------------------------------------- reconciling
 
@@ -581,7 +589,17 @@ class Engine:
         retriggered = [job.run_id for job in jobs.values() if job.run_id is not None]
         if new:
             since = min(self._since(job.window) for job in new) - self._options.reconcile_margin
-            async for run in self._list_all(flow_id, created_since_ms=int(since * 1000)):
+            try:
+                runs = [
+                    r async for r in self._list_all(flow_id, created_since_ms=int(since * 1000))
+                ]
+            except PermanentError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                # A service that refuses the createdAt filter still answers the plain listing.
+                log.warning("reconcile_unfiltered", flow=flow_id, error=str(exc))
+                runs = [r async for r in self._list_all(flow_id)]
+            for run in runs:
                 if run.window_start is not None and run.window_end is not None:
                     found.setdefault((run.window_start, run.window_end), []).append(run)
         size = self._options.page_size

@@ -138,6 +138,12 @@ async def test_on_failure_stop_stops_taking_windows(tmp_path: Path) -> None:
         stats = emu.stats()
     assert result.code == 1, result.stderr
     assert len(stats["runs"]) < 10
+    assert all(run["status"] == "failed" for run in stats["runs"])
+    status = await run_cli(["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path)
+    counts = orjson.loads(status.stdout)["counts"]
+    # What was in flight was followed to its end; nothing new was taken.
+    assert counts["failed"] == len(stats["runs"])
+    assert counts["pending"] == 100 - len(stats["runs"])
 
 
 async def test_newest_first_submits_the_newest_window_first(tmp_path: Path) -> None:
