@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,7 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 _NOT_SETTINGS = {"command", "json", "refresh", "config_file", "retry_failed"}
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # Until the run installs its graceful handler, SIGTERM ends the process at once: nothing
+    # has been sent yet. (As PID 1 in a container, an unhandled SIGTERM would be ignored.)
+    raise SystemExit(ExitCode.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["emulator"]:
         from .emulator.cli import main as emulator_main  # noqa: PLC0415 - only when asked

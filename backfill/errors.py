@@ -4,6 +4,7 @@ BackfillError
  +-- ConfigError ............... bad flag, variable or config key (exit 2)
  +-- CheckpointError ........... the checkpoint cannot be used (exit 3)
  |    +-- CheckpointLocked ..... another process holds it
+ |    +-- CheckpointMissing .... there is none where one must be (retry, status)
  |    +-- CheckpointCorrupt .... a line in the middle does not parse, or the header is wrong
  |    +-- PlanMismatch ......... it was written for another plan
  +-- CheckpointWriteError ...... it cannot be written: disk full, read-only (exit 74)
@@ -80,6 +81,16 @@ class CheckpointLocked(CheckpointError):
         )
         self.path = path
         self.pid = pid
+
+
+class CheckpointMissing(CheckpointError):
+    """``retry`` and ``status`` read a checkpoint that must already exist."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"there is no checkpoint at {path}; give the --checkpoint of an earlier run"
+        )
+        self.path = path
 
 
 class CheckpointCorrupt(CheckpointError):

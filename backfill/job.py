@@ -25,7 +25,7 @@ import structlog
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
 from .engine import Engine, EngineOptions, Outcome
-from .errors import BackfillError, CheckpointCorrupt, ConfigError, ExitCode
+from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
 from .journal import Journal
 from .limits import Backoff, RateLimiter
 from .logs import register_secret
@@ -84,7 +84,7 @@ async def run_command(
     settings.require_credentials()
     _register_secrets(settings)
     requested = None if from_checkpoint else settings.plan(now=time.time())
-    path = settings.checkpoint_path()
+    path = settings.checkpoint_path(existing=from_checkpoint)
     journal = Journal.open(path, requested, extend=settings.extend)
     try:
         _log_opened(journal)
@@ -148,10 +148,12 @@ async def _run(
         await journal.commit()
         snapshot = _snapshot(journal, engine, client, options.wait, engine.started, start_done)
         code = _exit_code(outcome, snapshot, received)
-        if settings.report is not None:
-            write_report(settings.report, journal, _totals(snapshot, engine, outcome, code))
-        if metrics is not None and settings.metrics_file is not None:
-            metrics.write(settings.metrics_file)
+        report = settings.shard_path(settings.report, plan.shard)
+        if report is not None:
+            write_report(report, journal, _totals(snapshot, engine, outcome, code))
+        metrics_file = settings.shard_path(settings.metrics_file, plan.shard)
+        if metrics is not None and metrics_file is not None:
+            metrics.write(metrics_file)
         print_summary(snapshot, json_lines=json_lines, outcome=_outcome_word(code))
         if outcome.error is not None:
             raise outcome.error
@@ -267,7 +269,7 @@ def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
         else:
             shards = _glob(path.with_name(f"{path.stem}.shard-*{path.suffix}"))
             if not shards:
-                raise CheckpointCorrupt(str(path), None, "there is no checkpoint here")
+                raise CheckpointMissing(str(path))
             found.extend(shards)
     return found
 

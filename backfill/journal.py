@@ -30,7 +30,13 @@ from typing import Any
 import orjson
 import structlog
 
-from .errors import CheckpointCorrupt, CheckpointLocked, CheckpointWriteError, PlanMismatch
+from .errors import (
+    CheckpointCorrupt,
+    CheckpointLocked,
+    CheckpointMissing,
+    CheckpointWriteError,
+    PlanMismatch,
+)
 from .planner import Plan, Window
 from .state import IllegalTransition, WindowState, check_transition
 
@@ -169,7 +175,7 @@ class Journal:
         scan = _Scan.read(path) if path.exists() else None
         if scan is None or scan.header is None:
             if requested is None:
-                raise CheckpointCorrupt(str(path), None, "there is no checkpoint here yet")
+                raise CheckpointMissing(str(path))
             if readonly:
                 return cls(path, requested, fd=None, lock_fd=None, wall=wall)
             torn = scan.torn_bytes if scan is not None else 0

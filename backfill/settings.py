@@ -264,15 +264,30 @@ class Settings(BaseSettings):
             return Shard(index, self.shard_count)
         return Shard()
 
-    def checkpoint_path(self) -> Path:
-        """This shard's checkpoint: ``{shard}`` in the path, else a ``.shard-I`` suffix."""
-        shard = self.shard_spec()
-        if "{shard}" in self.checkpoint:
-            return Path(self.checkpoint.replace("{shard}", str(shard.index)))
-        path = Path(self.checkpoint)
+    def checkpoint_path(self, *, existing: bool = False) -> Path:
+        """This shard's checkpoint: ``{shard}`` in the path, else a ``.shard-I`` suffix.
+
+        ``existing``: a path that names an existing file is that file, whatever the shard
+        settings say (``retry --checkpoint FILE`` in a pod that has a shard count).
+        """
+        if existing and Path(self.checkpoint).is_file():
+            return Path(self.checkpoint)
+        path = self.shard_path(self.checkpoint, self.shard_spec())
+        assert path is not None
+        return path
+
+    @staticmethod
+    def shard_path(path: str | Path | None, shard: Shard) -> Path | None:
+        """A file of one shard's own (checkpoint, report, metrics): never shared by shards."""
+        if path is None:
+            return None
+        text = str(path)
+        if "{shard}" in text:
+            return Path(text.replace("{shard}", str(shard.index)))
         if shard.whole:
-            return path
-        return path.with_name(f"{path.stem}.shard-{shard.index}{path.suffix}")
+            return Path(text)
+        plain = Path(text)
+        return plain.with_name(f"{plain.stem}.shard-{shard.index}{plain.suffix}")
 
     def effective_rate(self) -> Rate:
         """This process's share of the rate limit."""

@@ -66,6 +66,12 @@ async def test_four_shards_at_once_submit_every_window_exactly_once_under_the_to
         ]
         results = [await finish(p) for p in processes]
         stats = emu.stats()
+        # In a pod with a shard count, `retry --checkpoint FILE` reads that very file.
+        retry = await run_cli(
+            ["retry", "--checkpoint", str(tmp_path / "ck-2.jsonl")], _shard_env(env, 1), tmp_path
+        )
+        assert retry.code == 0, retry.stderr
+        assert emu.stats()["requests"]["total"] == stats["requests"]["total"]
     assert [r.code for r in results] == [0] * SHARDS, [r.stderr for r in results]
     assert_exactly_once(stats, FLOW_TABLE, hourly(START, HOURS))
     assert_exactly_once(stats, FLOW_FILE, hourly(START, HOURS))
