@@ -9,6 +9,7 @@ that moment, one request goes to IMS. Secrets stay ``SecretStr`` until the heade
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 import aiohttp
@@ -71,6 +72,7 @@ class ClientCredentials:
         ims_url: str = IMS_URL,
         margin: float = 300.0,
         clock: Clock = monotonic,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self._session = session
         self._client_id = client_id
@@ -79,6 +81,7 @@ class ClientCredentials:
         self._url = ims_url
         self._margin = margin
         self._clock = clock
+        self._on_token = on_token  # e.g. the log scrubber: every new token is a secret too
         self._token: str | None = None
         self._renew_at = 0.0
         self._fetching: asyncio.Task[str] | None = None
@@ -146,6 +149,8 @@ class ClientCredentials:
         # Renew a margin before expiry; for short-lived tokens, a fifth of their life.
         margin = min(self._margin, lifetime / 5)
         self._token = body["access_token"]
+        if self._on_token is not None:
+            self._on_token(self._token)
         self._renew_at = started + lifetime - margin
         self.renewals += 1
         return self._token

@@ -9,6 +9,7 @@ one that certainly did not.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -128,8 +129,9 @@ class FlowServiceClient:
         """``POST /runs/{id}/action?op=re-trigger``: run a failed run's window again."""
         url = (self._runs_url / run_id / "action").with_query(op="re-trigger")
         data = await self._send("POST", url, "POST /runs/{id}/action?op=re-trigger", body=b"")
-        created = _created(data, "re-trigger")
-        return created if created.run_id else CreatedRun(run_id, created.etag)
+        # The answer is documented as {"id", "etag"}: the same run. Without an id, it still is.
+        etag = data.get("etag") if isinstance(data, dict) else None
+        return _created(data, "re-trigger", default_id=run_id, default_etag=etag)
 
     async def list_runs(
         self,
@@ -154,9 +156,13 @@ class FlowServiceClient:
             query += [("orderby", "createdAt"), ("limit", str(limit))]
             url = self._runs_url.with_query(query)
         data = await self._send("GET", url, "GET /runs")
-        items = data.get("items") or [] if isinstance(data, dict) else []
+        if not isinstance(data, dict):
+            return Page([], None)
+        items = data.get("items") or []
         runs = [RunInfo.parse(item) for item in items if isinstance(item, Mapping) and "id" in item]
-        next_href = ((data.get("_links") or {}).get("next") or {}).get("href")
+        links = data.get("_links")
+        following = links.get("next") if isinstance(links, dict) else None
+        next_href = following.get("href") if isinstance(following, dict) else None
         return Page(runs, str(next_href) if next_href else None)
 
     # --------------------------------------------------------------- plumbing
@@ -202,7 +208,13 @@ class FlowServiceClient:
                 renewed = True
                 continue
             if 200 <= status < 300:
-                return orjson.loads(raw) if raw.strip() else {}
+                try:
+                    return orjson.loads(raw) if raw.strip() else {}
+                except orjson.JSONDecodeError:
+                    # The service acted (2xx) but its answer is unreadable: in doubt, like a 5xx.
+                    raise ServerError(
+                        f"the answer is not JSON: {raw[:200]!r}", request=what, status=status
+                    ) from None
             raise _error(status, raw, response_headers, what)
 
     async def _exchange(
@@ -231,7 +243,9 @@ class FlowServiceClient:
         return response.status, raw, response.headers
 
 
-def _created(data: Any, what: str) -> CreatedRun:
+def _created(
+    data: Any, what: str, *, default_id: str | None = None, default_etag: Any = None
+) -> CreatedRun:
     """The run id from either documented answer: the run itself, or ``{"items": [...]}``."""
     if isinstance(data, dict):
         item = data
@@ -242,6 +256,8 @@ def _created(data: Any, what: str) -> CreatedRun:
         if isinstance(run_id, str) and run_id:
             etag = item.get("etag")
             return CreatedRun(run_id, str(etag) if etag is not None else None)
+    if default_id is not None:
+        return CreatedRun(default_id, str(default_etag) if default_etag is not None else None)
     raise ServerError(f"the answer has no run id: {str(data)[:200]}", request=what, status=None)
 
 
@@ -288,10 +304,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if not value:
         return None
+    if value.strip().isdigit():  # delay-seconds, the usual form
+        return float(value.strip())
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # a fraction is not standard but harmless; inf and nan are not times
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

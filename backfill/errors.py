@@ -11,8 +11,8 @@ BackfillError
  +-- ApiUnavailable ............ retryable errors went on past every retry (exit 75)
  +-- ApiError .................. the Flow Service (or IMS) answered with an error
       +-- RetryableError ....... worth sending again: 429, 5xx, connection errors, timeouts
-      |    +-- RateLimited ..... 429, or 503 with Retry-After: the whole pool pauses
-      |    +-- ServerError ..... 500, 502, 503, 504
+      |    +-- RateLimited ..... 429: nothing was done; the whole pool pauses
+      |    +-- ServerError ..... 500, 502, 503, 504: maybe done (a Retry-After pauses the pool)
       |    +-- TransportError .. no HTTP answer at all
       +-- PermanentError ....... any other 4xx: sending it again cannot help (exit 2)
            +-- AuthError ....... 401/403: the credentials are wrong or the token expired

@@ -304,6 +304,7 @@ def _tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider
             client_secret=settings.client_secret,
             scopes=settings.scopes,
             ims_url=settings.ims_url,
+            on_token=register_secret,
         )
     if settings.access_token is None:
         raise ConfigError("BACKFILL_ACCESS_TOKEN", "missing")

@@ -185,27 +185,51 @@ class Journal:
 
         recorded = scan.plan
         plan = recorded
-        extended = False
         if requested is not None and requested.fingerprint() != recorded.fingerprint():
-            differences = recorded.differences(requested)
-            if not extend:
-                try:
-                    recorded.extended_to(requested)
-                    extendable = True
-                except ValueError:
-                    extendable = False
-                raise PlanMismatch(str(path), differences, extendable=extendable)
             try:
-                plan = recorded.extended_to(requested)
+                candidate = recorded.extended_to(requested)
             except ValueError as exc:
-                raise PlanMismatch(str(path), [str(exc)], extendable=False) from None
-            extended = True
+                # With --extend, say why it cannot extend; without, say what differs.
+                differences = [str(exc)] if extend else recorded.differences(requested)
+                raise PlanMismatch(str(path), differences or [str(exc)], extendable=False) from None
+            # After an --extend the recorded plan has several segments: the same command
+            # again asks for exactly what is recorded, and is no change at all.
+            if candidate.fingerprint() != recorded.fingerprint():
+                if not extend:
+                    differences = recorded.differences(requested)
+                    raise PlanMismatch(str(path), differences, extendable=True)
+                plan = candidate
+        extended = plan is not recorded
 
         fd = None
         if not readonly:
             if scan.torn_bytes:
                 _truncate(path, scan.good_bytes)
             fd = _open_append(path)
+        try:
+            return cls._replayed(
+                path, plan, scan, fd, lock_fd, group_commit, durable, wall, extended=extended
+            )
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+
+    @classmethod
+    def _replayed(
+        cls,
+        path: Path,
+        plan: Plan,
+        scan: _Scan,
+        fd: int | None,
+        lock_fd: int | None,
+        group_commit: bool,
+        durable: bool,
+        wall: Callable[[], float],
+        *,
+        extended: bool,
+    ) -> Journal:
+        readonly = fd is None
         journal = cls(
             path,
             plan,
@@ -215,7 +239,6 @@ class Journal:
             durable=durable,
             wall=wall,
         )
-        journal._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
         journal._index = scan.index
         for entry in scan.index.values():
             journal._counts[entry.state] += 1
@@ -360,10 +383,10 @@ class Journal:
         flow = self._flow_index[window.flow_id]
         key = _key(flow, window.start)
         entry = self._index.get(key)
+        check_transition(entry.state if entry is not None else WindowState.PENDING, state)
         if entry is None:
             entry = self._index[key] = Entry()
             self._counts[WindowState.PENDING] += 1
-        check_transition(entry.state, state)
         self._counts[entry.state] -= 1
         self._counts[state] += 1
         record: dict[str, Any] = {"t": "w", "f": flow, "s": window.start, "st": state.value}
@@ -482,15 +505,12 @@ class _Scan:
         scan = cls()
         loads = orjson.loads
         index = scan.index
-        pending_error: tuple[int, str] | None = None
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise CheckpointCorrupt(str(path), None, f"cannot be read ({exc.strerror})") from exc
         with handle:
             for number, line in enumerate(handle, 1):
-                if pending_error is not None:
-                    raise CheckpointCorrupt(str(path), *pending_error)
                 if not line.endswith(b"\n"):
                     if number == 1 and not _HEADER_START.startswith(line[: len(_HEADER_START)]):
                         raise CheckpointCorrupt(str(path), 1, "it is not a backfill checkpoint")
@@ -503,12 +523,10 @@ class _Scan:
                     else:
                         scan._apply(record, index)
                 except (ValueError, KeyError, TypeError, IndexError, IllegalTransition) as exc:
-                    if number == 1:
-                        raise CheckpointCorrupt(str(path), 1, _describe(exc)) from None
-                    # Only the last line may be bad (a crash mid-write): decide at the next one.
-                    pending_error = (number, _describe(exc))
-                    scan.torn_bytes = len(line)
-                    continue
+                    # A crash can only tear the last line short of its newline. A complete
+                    # line that does not read, wherever it is, was damaged after it was
+                    # written: it may be a durable record, so nothing is dropped.
+                    raise CheckpointCorrupt(str(path), number, _describe(exc)) from None
                 scan.lines = number
                 scan.good_bytes += len(line)
         return scan

@@ -10,6 +10,7 @@ exactly until it, so nothing polls, nothing bursts, and time comes from an injec
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
@@ -70,10 +71,11 @@ class Rate:
 class RateLimiter:
     """Evenly spaced permits for every request, and pool-wide pauses (``Retry-After``).
 
-    ``acquire`` reserves the next free slot and sleeps until it. When a waiter wakes late, the
-    following slot is pushed back by as much, so lateness never squeezes two requests closer
-    than the interval. ``pause`` voids every reservation made before it: sleepers wake, see
-    the pause, and queue again behind it.
+    ``acquire`` reserves the next free slot and sleeps until it. No two permits are ever
+    granted closer than the interval, measured when they are granted: a waiter that wakes late
+    pushes the next slot back by as much, and waiters woken together after the event loop
+    stalled queue again instead of all going at once. ``pause`` voids every reservation made
+    before it: sleepers wake, see the pause, and queue again behind it.
     """
 
     def __init__(self, rate: Rate | None, *, clock: Clock = monotonic, sleep: Sleep = real_sleep):
@@ -81,26 +83,31 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
+        self._last = -math.inf  # when the latest permit was granted
         self._paused_until = 0.0
         self._epoch = 0
         self.waited = 0.0  # seconds spent waiting for permits, for metrics
         self.pauses = 0
 
     async def acquire(self) -> None:
+        interval = self._interval
         while True:
             now = self._clock()
             slot = self._next if self._next > now else now
-            self._next = slot + self._interval
-            if slot <= now:
-                return
-            epoch = self._epoch
-            await self._sleep(slot - now)
-            woke = self._clock()
-            self.waited += woke - now
-            if epoch == self._epoch:
-                late_next = woke + self._interval
-                self._next = max(self._next, late_next)
-                return
+            self._next = slot + interval
+            if slot > now:
+                epoch = self._epoch
+                await self._sleep(slot - now)
+                woke = self._clock()
+                self.waited += woke - now
+                if epoch != self._epoch:
+                    continue  # a pause voided this reservation: queue again behind it
+                now = woke
+            if now < self._last + interval:
+                continue  # woken at once with an earlier waiter after a stall: queue again
+            self._last = now
+            self._next = max(self._next, now + interval)
+            return
 
     def pause(self, seconds: float) -> None:
         """Hold every permit for ``seconds`` from now (never shortens a longer pause)."""
@@ -108,7 +115,7 @@ class RateLimiter:
         if until <= self._paused_until:
             return
         self._paused_until = until
-        self._next = max(self._next, until)
+        self._next = max(until, self._last + self._interval)
         self._epoch += 1
         self.pauses += 1
 
@@ -122,4 +129,4 @@ class Backoff:
     max_retries: int = 10
 
     def delay(self, retry: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.cap, self.base * 2.0**retry))
+        return rng.uniform(0.0, min(self.cap, self.base * 2.0 ** min(retry, 64)))

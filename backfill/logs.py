@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -30,24 +30,28 @@ class SecretScrubber:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._ordered: list[str] = []
 
     def register(self, value: str) -> None:
         if len(value) >= 4:  # shorter values would mask ordinary words
             self._secrets.add(value)
+            # Longest first: a secret that contains another is masked whole.
+            self._ordered = sorted(self._secrets, key=len, reverse=True)
 
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
+            for secret in self._ordered:
                 if secret in value:
                     value = value.replace(secret, _MASK)
             return value
-        if isinstance(value, dict):
-            return {k: _MASK if _sensitive(k) else self.scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, Mapping):
+            return {str(k): _MASK if _sensitive(k) else self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
             return [self.scrub(v) for v in value]
-        if isinstance(value, BaseException):
-            return self.scrub(str(value))
-        return value
+        # Anything else (headers, URLs, exceptions, ...) is logged as its text: scrub that.
+        return self.scrub(str(value))
 
     def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
         for key, value in event.items():

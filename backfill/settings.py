@@ -15,6 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,11 +48,12 @@ from .planner import FlowPlan, Order, Plan, Shard, format_time, parse_duration, 
 
 __all__ = ["FlowConfig", "Settings", "load_settings"]
 
+# Matched with fullmatch: "$" would let a trailing newline (from a secret file) through.
 _FLOW_ID = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
-_ORG_ID = re.compile(r"^[A-Za-z0-9]+@AdobeOrg$")
-_SANDBOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_ORG_ID = re.compile(r"[A-Za-z0-9]+@AdobeOrg")
+_SANDBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SECRETS = ("access_token", "client_secret")
 _SINGLE_FLOW = ("flow_id", "delta_column")
 
@@ -73,6 +75,16 @@ def _seconds(value: Any) -> Any:
 
 # NoDecode: an environment value like "10/s" is a string to parse, not JSON to decode.
 RateOption = Annotated[Rate, BeforeValidator(_rate), NoDecode]
+
+
+def _time_value(value: Any) -> Any:
+    """TOML's own dates and datetimes (``start = 2024-01-01``) as ISO-8601 text."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
+
+
+TimeOption = Annotated[str | int | None, BeforeValidator(_time_value)]
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
@@ -82,8 +94,8 @@ class FlowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
-    start: str | int | None = None
-    end: str | int | None = None
+    start: TimeOption = None
+    end: TimeOption = None
     window: str | int | None = None
     delta_column: str | None = None
 
@@ -125,8 +137,8 @@ class Settings(BaseSettings):
 
     # What to backfill: one flow from flags/environment, or [[flows]] in the config file
     flow_id: str | None = None
-    start: str | int | None = None
-    end: str | int | None = None
+    start: TimeOption = None
+    end: TimeOption = None
     window: str | int | None = None
     delta_column: str | None = None
     flows: list[FlowConfig] = Field(default_factory=list)
@@ -203,7 +215,7 @@ class Settings(BaseSettings):
     @field_validator("org_id")
     @classmethod
     def _org_shape(cls, value: str | None) -> str | None:
-        if value is not None and not _ORG_ID.match(value):
+        if value is not None and not _ORG_ID.fullmatch(value):
             raise ValueError(f"{value!r} is not an organization id; it looks like ABC123@AdobeOrg")
         return value
 
@@ -217,7 +229,7 @@ class Settings(BaseSettings):
     @field_validator("sandbox_name")
     @classmethod
     def _sandbox_shape(cls, value: str) -> str:
-        if not _SANDBOX.match(value):
+        if not _SANDBOX.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a sandbox name (letters, digits, - and _), e.g. prod"
             )
@@ -255,7 +267,14 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     "BACKFILL_SHARD_COUNT", "JOB_COMPLETION_INDEX is set: set the shard count too"
                 )
-            index = self.job_completion_index or 0
+            if self.job_completion_index is None:
+                # Every pod would be shard 0, and the other shards' windows would never run.
+                raise ConfigError(
+                    "JOB_COMPLETION_INDEX",
+                    "BACKFILL_SHARD_COUNT is set but not the index: run as an Indexed Job, "
+                    "or give --shard INDEX/COUNT",
+                )
+            index = self.job_completion_index
             if index >= self.shard_count:
                 raise ConfigError(
                     "JOB_COMPLETION_INDEX",
@@ -383,17 +402,12 @@ class Settings(BaseSettings):
             )
 
 
-def load_settings(
-    flags: Mapping[str, Any],
-    config_file: Path | None,
-    *,
-    environ: Mapping[str, str] | None = None,
-) -> Settings:
+def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Settings:
     """Settings from flags (only those given), the environment and the TOML file.
 
     Raises ``ConfigError`` naming the option as the user spelled it.
     """
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     if config_file is None and environ.get("BACKFILL_CONFIG"):
         config_file = Path(environ["BACKFILL_CONFIG"])
     data = _read_config(config_file) if config_file is not None else {}
@@ -499,7 +513,7 @@ def _parse_shard(text: str) -> Shard:
 
 
 def _check_flow_id(value: str) -> None:
-    if not _FLOW_ID.match(value):
+    if not _FLOW_ID.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a flow id; flow ids are UUIDs like "
             "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
