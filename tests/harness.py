@@ -118,6 +118,25 @@ async def emulator(**config: Any) -> AsyncIterator[Emulator]:
         yield running
 
 
+def flow_range(flow: str, hours: int) -> list[str]:
+    """The flags of ``hours`` hourly windows of ``flow`` from START."""
+    return [
+        "--flow-id",
+        flow,
+        "--start",
+        str(START),
+        "--end",
+        str(START + 3600 * hours),
+        "--window",
+        "1h",
+    ]
+
+
+def hourly_run(flow: str, hours: int, *extra: str) -> list[str]:
+    """``backfill run`` of ``hours`` hourly windows into ck.jsonl; later flags override."""
+    return ["run", *flow_range(flow, hours), "--checkpoint", "ck.jsonl", *extra]
+
+
 def hourly(start: int, hours: int) -> list[tuple[int, int]]:
     return [(start + 3600 * i, start + 3600 * (i + 1)) for i in range(hours)]
 

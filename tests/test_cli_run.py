@@ -17,6 +17,7 @@ from .harness import (
     cli_env,
     emulator,
     finish,
+    flow_range,
     hourly,
     interrupt,
     run_cli,
@@ -26,17 +27,7 @@ from .harness import (
 
 
 def _flow_args(flow: str, hours: int, *extra: str) -> list[str]:
-    return [
-        "--flow-id",
-        flow,
-        "--start",
-        str(START),
-        "--end",
-        str(START + 3600 * hours),
-        "--window",
-        "1h",
-        *extra,
-    ]
+    return [*flow_range(flow, hours), *extra]
 
 
 def _config(tmp_path: Path, hours: int) -> Path:

@@ -20,29 +20,13 @@ from .harness import (
     cli_env,
     emulator,
     hourly,
+    hourly_run,
     run_cli,
 )
 
 CLIENT_ID = "backfill-test-client"
 CLIENT_SECRET = "sEcReT-client-7f3a9c0d51"
 STATIC_TOKEN = "tOkEn-static-51b2e8aa90"
-
-
-def _args(hours: int, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--flow-id",
-        FLOW_FILE,
-        "--start",
-        str(START),
-        "--end",
-        str(START + 3600 * hours),
-        "--window",
-        "1h",
-        "--checkpoint",
-        "ck.jsonl",
-        *extra,
-    ]
 
 
 def _oauth_env(ims_url: str, base_url: str, **extra: str) -> dict[str, str]:
@@ -64,7 +48,9 @@ async def test_tokens_are_renewed_once_per_lifetime_across_several_lifetimes(
         token_lifetime=lifetime, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
     ) as emu:
         env = _oauth_env(emu.ims_url, emu.base_url)
-        result = await run_cli(_args(320, "--rate", "40/s", "--concurrency", "16"), env, tmp_path)
+        result = await run_cli(
+            hourly_run(FLOW_FILE, 320, "--rate", "40/s", "--concurrency", "16"), env, tmp_path
+        )
         stats = emu.stats()
     assert result.code == 0, result.stderr
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 320))
@@ -79,13 +65,17 @@ async def test_tokens_are_renewed_once_per_lifetime_across_several_lifetimes(
 async def test_a_refused_static_token_stops_cleanly_and_resumes(tmp_path: Path) -> None:
     async with emulator(token="the-right-token") as emu:
         refused = await run_cli(
-            _args(20), cli_env(emu, BACKFILL_ACCESS_TOKEN="an-expired-token"), tmp_path
+            hourly_run(FLOW_FILE, 20),
+            cli_env(emu, BACKFILL_ACCESS_TOKEN="an-expired-token"),
+            tmp_path,
         )
         assert refused.code == 2, refused.stderr
         assert "expired" in refused.stderr
         assert emu.stats()["runs"] == []
         resumed = await run_cli(
-            _args(20), cli_env(emu, BACKFILL_ACCESS_TOKEN="the-right-token"), tmp_path
+            hourly_run(FLOW_FILE, 20),
+            cli_env(emu, BACKFILL_ACCESS_TOKEN="the-right-token"),
+            tmp_path,
         )
         stats = emu.stats()
     assert resumed.code == 0, resumed.stderr
@@ -103,7 +93,8 @@ async def test_no_secret_reaches_any_byte_the_tool_writes(tmp_path: Path) -> Non
         env["BACKFILL_CLIENT_SECRET_FILE"] = str(secret_file)
         outputs = [
             await run_cli(
-                _args(
+                hourly_run(
+                    FLOW_FILE,
                     120,
                     "--rate",
                     "60/s",
@@ -120,14 +111,16 @@ async def test_no_secret_reaches_any_byte_the_tool_writes(tmp_path: Path) -> Non
             ),
             await run_cli(["status", "--checkpoint", "ck.jsonl", "--refresh"], env, tmp_path),
             await run_cli(
-                _args(4, "--checkpoint", "static.jsonl"),
+                hourly_run(FLOW_FILE, 4, "--checkpoint", "static.jsonl"),
                 cli_env(emu, BACKFILL_ACCESS_TOKEN=STATIC_TOKEN, BACKFILL_LOG_LEVEL="debug"),
                 tmp_path,
             ),
         ]
         wrong = _oauth_env(emu.ims_url, emu.base_url)
         wrong["BACKFILL_CLIENT_SECRET"] = CLIENT_SECRET + "x"
-        outputs.append(await run_cli(_args(4, "--checkpoint", "wrong.jsonl"), wrong, tmp_path))
+        outputs.append(
+            await run_cli(hourly_run(FLOW_FILE, 4, "--checkpoint", "wrong.jsonl"), wrong, tmp_path)
+        )
         issued = list(emu.app.gate.snapshot()["issued"])
     assert [o.code for o in outputs] == [1, 0, 0, 2]
     assert "refused the client credentials" in outputs[3].stderr
@@ -149,7 +142,7 @@ async def test_no_secret_reaches_any_byte_the_tool_writes(tmp_path: Path) -> Non
 
 async def test_secrets_cannot_be_given_as_flags(tmp_path: Path) -> None:
     for flag in ("--access-token", "--client-secret"):
-        result = await run_cli(_args(2, flag, "x"), cli_env(None), tmp_path)
+        result = await run_cli(hourly_run(FLOW_FILE, 2, flag, "x"), cli_env(None), tmp_path)
         assert result.code == 2
         assert "unrecognized arguments" in result.stderr
 

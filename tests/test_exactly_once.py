@@ -26,28 +26,12 @@ from .harness import (
     emulator,
     finish,
     hourly,
+    hourly_run,
     interrupt,
     run_cli,
     start_cli,
     wait_for_runs,
 )
-
-
-def _args(flow: str, hours: int, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--flow-id",
-        flow,
-        "--start",
-        str(START),
-        "--end",
-        str(START + 3600 * hours),
-        "--window",
-        "1h",
-        "--checkpoint",
-        "ck.jsonl",
-        *extra,
-    ]
 
 
 async def _status(tmp_path: Path) -> dict[str, int]:
@@ -66,7 +50,7 @@ async def test_kill_9_at_random_moments_thirty_times(tmp_path: Path) -> None:
     kills = 0
     async with emulator(latency=0.03, jitter=0.02, seed=5) as emu:
         env = cli_env(emu)
-        args = _args(
+        args = hourly_run(
             FLOW_TABLE, hours, "--delta-column", "DOB", "--rate", "150/s", "--concurrency", "24"
         )
         finished = None
@@ -96,7 +80,9 @@ async def test_kill_9_at_random_moments_thirty_times(tmp_path: Path) -> None:
 async def test_lost_answers_and_server_errors_still_give_one_run_per_window(tmp_path: Path) -> None:
     async with emulator(drop_rate=0.2, error_rate=0.2, seed=11) as emu:
         result = await run_cli(
-            _args(FLOW_FILE, 300, "--rate", "400/s", "--concurrency", "16"), cli_env(emu), tmp_path
+            hourly_run(FLOW_FILE, 300, "--rate", "400/s", "--concurrency", "16"),
+            cli_env(emu),
+            tmp_path,
         )
         stats = emu.stats()
     assert result.code == 0, result.stderr
@@ -111,7 +97,7 @@ async def test_lost_answers_and_server_errors_still_give_one_run_per_window(tmp_
 async def test_sigterm_exits_143_in_grace_and_leaves_nothing_in_doubt(tmp_path: Path) -> None:
     async with emulator(latency=0.2) as emu:
         env = cli_env(emu)
-        args = _args(FLOW_FILE, 400, "--rate", "100/s", "--concurrency", "16", "--grace", "5")
+        args = hourly_run(FLOW_FILE, 400, "--rate", "100/s", "--concurrency", "16", "--grace", "5")
         process = await start_cli(args, env, tmp_path)
         await wait_for_runs(emu, 30)
         signalled = time.monotonic()
@@ -136,7 +122,7 @@ async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
 ) -> None:
     async with emulator(latency=1.5) as emu:
         env = cli_env(emu)
-        args = _args(FLOW_FILE, 20, "--rate", "200/s", "--concurrency", "8", "--grace", "0.3")
+        args = hourly_run(FLOW_FILE, 20, "--rate", "200/s", "--concurrency", "8", "--grace", "0.3")
         process = await start_cli(args, env, tmp_path)
         await wait_for_runs(emu, 8)
         interrupt(process, signal.SIGTERM)
@@ -154,7 +140,7 @@ async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
 async def test_a_second_process_on_the_same_checkpoint_exits_3_at_once(tmp_path: Path) -> None:
     async with emulator(latency=0.05) as emu:
         env = cli_env(emu)
-        args = _args(FLOW_FILE, 150, "--rate", "100/s")
+        args = hourly_run(FLOW_FILE, 150, "--rate", "100/s")
         first = await start_cli(args, env, tmp_path)
         await wait_for_runs(emu, 5)
         started = time.monotonic()
@@ -171,7 +157,7 @@ async def test_a_second_process_on_the_same_checkpoint_exits_3_at_once(tmp_path:
 async def _recorded(tmp_path: Path, hours: int) -> Path:
     """A finished checkpoint of ``hours`` windows."""
     async with emulator() as emu:
-        result = await run_cli(_args(FLOW_FILE, hours), cli_env(emu), tmp_path)
+        result = await run_cli(hourly_run(FLOW_FILE, hours), cli_env(emu), tmp_path)
         assert result.code == 0, result.stderr
     return tmp_path / "ck.jsonl"
 
@@ -181,7 +167,7 @@ async def test_a_torn_last_line_is_dropped_and_reported(tmp_path: Path) -> None:
     with checkpoint.open("ab") as handle:
         handle.write(b'{"t":"w","f":0,"s":17040')
     async with emulator() as emu:
-        result = await run_cli(_args(FLOW_FILE, 5), cli_env(emu), tmp_path)
+        result = await run_cli(hourly_run(FLOW_FILE, 5), cli_env(emu), tmp_path)
         assert emu.stats()["runs"] == []
     assert result.code == 0, result.stderr
     assert any(line["event"] == "checkpoint_torn_line_dropped" for line in result.json_lines())
@@ -195,7 +181,7 @@ async def test_a_corrupt_middle_line_is_refused_and_never_rewritten(tmp_path: Pa
     checkpoint.write_bytes(b"".join(lines))
     before = checkpoint.read_bytes()
     result = await run_cli(
-        _args(FLOW_FILE, 5), cli_env(None, BACKFILL_LOG_FORMAT="console"), tmp_path
+        hourly_run(FLOW_FILE, 5), cli_env(None, BACKFILL_LOG_FORMAT="console"), tmp_path
     )
     assert result.code == 3
     assert "ck.jsonl:4" in result.stderr
@@ -209,7 +195,7 @@ async def test_a_checkpoint_of_another_format_version_is_refused(tmp_path: Path)
     checkpoint.write_bytes(b"".join(lines))
     before = checkpoint.read_bytes()
     result = await run_cli(
-        _args(FLOW_FILE, 3), cli_env(None, BACKFILL_LOG_FORMAT="console"), tmp_path
+        hourly_run(FLOW_FILE, 3), cli_env(None, BACKFILL_LOG_FORMAT="console"), tmp_path
     )
     assert result.code == 3
     assert "format 9" in result.stderr
@@ -219,7 +205,7 @@ async def test_a_checkpoint_of_another_format_version_is_refused(tmp_path: Path)
 async def test_a_truncated_header_alone_is_started_over(tmp_path: Path) -> None:
     (tmp_path / "ck.jsonl").write_bytes(b'{"kind":"backfill-checkpoint","form')
     async with emulator() as emu:
-        result = await run_cli(_args(FLOW_FILE, 4), cli_env(emu), tmp_path)
+        result = await run_cli(hourly_run(FLOW_FILE, 4), cli_env(emu), tmp_path)
         stats = emu.stats()
     assert result.code == 0, result.stderr
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 4))
@@ -230,14 +216,14 @@ async def test_another_plan_is_refused_with_what_differs_and_extend_adds_windows
 ) -> None:
     await _recorded(tmp_path, 6)
     env = cli_env(None, BACKFILL_LOG_FORMAT="console")
-    refused = await run_cli(_args(FLOW_FILE, 6, "--window", "2h"), env, tmp_path)
+    refused = await run_cli(hourly_run(FLOW_FILE, 6, "--window", "2h"), env, tmp_path)
     assert refused.code == 3
     assert "window 1h recorded, 2h requested" in refused.stderr
-    later = await run_cli(_args(FLOW_FILE, 9), env, tmp_path)
+    later = await run_cli(hourly_run(FLOW_FILE, 9), env, tmp_path)
     assert later.code == 3
     assert "--extend" in later.stderr
     async with emulator() as emu:
-        extended = await run_cli(_args(FLOW_FILE, 9, "--extend"), cli_env(emu), tmp_path)
+        extended = await run_cli(hourly_run(FLOW_FILE, 9, "--extend"), cli_env(emu), tmp_path)
         stats = emu.stats()
     assert extended.code == 0, extended.stderr
     assert_exactly_once(stats, FLOW_FILE, hourly(START + 6 * 3600, 3))
@@ -268,7 +254,7 @@ async def test_a_read_only_checkpoint_folder_exits_74(tmp_path: Path) -> None:
     env = cli_env(None, BACKFILL_BASE_URL="http://127.0.0.1:9", BACKFILL_LOG_FORMAT="console")
     with _read_only(folder):
         result = await run_cli(
-            _args(FLOW_FILE, 3, "--checkpoint", str(folder / "ck.jsonl")), env, tmp_path
+            hourly_run(FLOW_FILE, 3, "--checkpoint", str(folder / "ck.jsonl")), env, tmp_path
         )
         assert result.code == 74, result.stderr
         assert "could not be written" in result.stderr
@@ -289,7 +275,7 @@ async def test_a_full_disk_exits_74_and_keeps_every_durable_record(tmp_path: Pat
         env = cli_env(emu)
         process = await asyncio.create_subprocess_exec(
             *_python_cli(),
-            *_args(FLOW_FILE, 200, "--rate", "300/s"),
+            *hourly_run(FLOW_FILE, 200, "--rate", "300/s"),
             env=env,
             cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE,
@@ -302,7 +288,7 @@ async def test_a_full_disk_exits_74_and_keeps_every_durable_record(tmp_path: Pat
         counts = await _status(tmp_path)
         accepted_before = counts["submitted"]
         assert 0 < accepted_before < 200
-        resumed = await run_cli(_args(FLOW_FILE, 200, "--rate", "300/s"), env, tmp_path)
+        resumed = await run_cli(hourly_run(FLOW_FILE, 200, "--rate", "300/s"), env, tmp_path)
         stats = emu.stats()
     assert resumed.code == 0, resumed.stderr
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 200))

@@ -16,27 +16,13 @@ from .harness import (
     cli_env,
     emulator,
     hourly,
+    hourly_run,
     run_cli,
 )
 
 
 def _args(hours: int, *extra: str, flow: str = FLOW_FILE) -> list[str]:
-    return [
-        "run",
-        "--flow-id",
-        flow,
-        "--start",
-        str(START),
-        "--end",
-        str(START + 3600 * hours),
-        "--window",
-        "1h",
-        "--checkpoint",
-        "ck.jsonl",
-        "--rate",
-        "300/s",
-        *extra,
-    ]
+    return hourly_run(flow, hours, "--rate", "300/s", *extra)
 
 
 def _succeeded_per_window(stats: dict[str, Any]) -> Counter[tuple[int, int]]:
@@ -139,7 +125,9 @@ async def test_on_failure_stop_stops_taking_windows(tmp_path: Path) -> None:
     assert result.code == 1, result.stderr
     assert len(stats["runs"]) < 10
     assert all(run["status"] == "failed" for run in stats["runs"])
-    status = await run_cli(["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path)
+    status = await run_cli(
+        ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path
+    )
     counts = orjson.loads(status.stdout)["counts"]
     # What was in flight was followed to its end; nothing new was taken.
     assert counts["failed"] == len(stats["runs"])

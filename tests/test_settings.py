@@ -116,7 +116,7 @@ def test_the_environment_is_read_where_the_values_are(monkeypatch: pytest.Monkey
     monkeypatch.setenv("BACKFILL_CONCURRENCY", "4")
     assert load_settings({}, None).concurrency == 4
     monkeypatch.setenv("BACKFILL_CONCURRENCY", "x")
-    with pytest.raises(ConfigError, match="^BACKFILL_CONCURRENCY:"):
+    with pytest.raises(ConfigError, match=r"^BACKFILL_CONCURRENCY:"):
         load_settings({}, None)
 
 
