@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .state import RunStatus
 
-__all__ = ["ApiIdentity", "CreatedRun", "FlowServiceClient", "Page", "RunInfo"]
+__all__ = ["ApiIdentity", "CreatedRun", "FlowServiceClient", "Page", "RunInfo", "RunsApi"]
 
 PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
 
@@ -91,6 +91,26 @@ class RunInfo:
 class Page:
     runs: list[RunInfo]
     next_href: str | None
+
+
+class RunsApi(Protocol):
+    """What the engine needs of the service: the seam tests replace with a fake."""
+
+    async def create_run(
+        self, flow_id: str, start: int, end: int, delta_column: str | None = None
+    ) -> CreatedRun: ...
+
+    async def retrigger(self, run_id: str) -> CreatedRun: ...
+
+    async def list_runs(
+        self,
+        flow_id: str | None = None,
+        *,
+        ids: Sequence[str] = (),
+        created_since_ms: int | None = None,
+        limit: int = 100,
+        href: str | None = None,
+    ) -> Page: ...
 
 
 class FlowServiceClient:

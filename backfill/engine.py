@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from .client import FlowServiceClient, RunInfo
+from .client import RunInfo, RunsApi
 from .errors import (
     ApiError,
     ApiUnavailable,
@@ -167,7 +167,7 @@ class Engine:
     def __init__(
         self,
         journal: Journal,
-        client: FlowServiceClient,
+        client: RunsApi,
         limiter: RateLimiter,
         options: EngineOptions,
         *,
@@ -316,10 +316,13 @@ class Engine:
                 self._slots.release()
                 return
             await self._limiter.acquire()
-            if self._stopping is not None:
+            if self._stopping is not None or self._draining is not None:
+                # Stopped while waiting for the permit: the window stays as the journal has it.
                 self._slots.release()
                 self._flows[job.window.flow_id].active -= 1
-                return
+                if self._stopping is not None:
+                    return
+                continue
             self._in_flight += 1
             group.create_task(self._work(job))
 
