@@ -428,7 +428,6 @@ class Engine:
         journal = self._journal
         before = journal.state(window)
         settled = False
-        structlog.contextvars.bind_contextvars(**_fields(window), attempt=job.attempt)
         try:
             await journal.record(
                 window,
@@ -464,7 +463,14 @@ class Engine:
                         self._release(flow)
                         return
                     self.stats.request_retries += 1
-                    log.debug("request_retry", error=str(exc), retries=retries, throttled=throttled)
+                    log.debug(
+                        "request_retry",
+                        **_fields(window),
+                        attempt=job.attempt,
+                        error=str(exc),
+                        retries=retries,
+                        throttled=throttled,
+                    )
                     await self._sleep(self._backoff(exc, retries + throttled))
                     await self._limiter.acquire()
                 except PermanentError as exc:
@@ -481,7 +487,13 @@ class Engine:
                 window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
             )
             settled = True
-            log.debug("run_submitted", run_id=created.run_id, delta_column=job.first)
+            log.debug(
+                "run_submitted",
+                **_fields(window),
+                attempt=job.attempt,
+                run_id=created.run_id,
+                delta_column=job.first,
+            )
             self.stats.submitted += 1
             if job.mode is RetryMode.RETRIGGER:
                 self.stats.retried_runs += 1

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -29,7 +29,6 @@ from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
 from .journal import Journal
 from .limits import Backoff, RateLimiter
 from .logs import register_secret
-from .metrics import Metrics, MetricsSource
 from .planner import Plan, format_time
 from .report import (
     Snapshot,
@@ -41,6 +40,9 @@ from .report import (
 )
 from .settings import Settings
 from .state import WindowState
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["plan_command", "run_command", "status_command"]
 
@@ -350,6 +352,8 @@ def _metrics(
 ) -> Metrics | None:
     if settings.metrics_port is None and settings.metrics_file is None:
         return None
+    from .metrics import Metrics, MetricsSource  # noqa: PLC0415 - prometheus only when asked
+
     metrics = Metrics(
         MetricsSource(
             window_counts=journal.counts,

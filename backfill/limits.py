@@ -14,6 +14,7 @@ import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -68,18 +69,30 @@ class Rate:
         return f"{self.per_second:g}/s"
 
 
+# Of every period, this share (at most half an interval) is kept free: requests leave a little
+# after their permit (the intent is fsynced first) and not all equally late, and a server that
+# counts over a sliding window must still never see more than the rate.
+_MARGIN = 0.01
+
+
 class RateLimiter:
     """Evenly spaced permits for every request, and pool-wide pauses (``Retry-After``).
 
-    ``acquire`` reserves the next free slot and sleeps until it. No two permits are ever
-    granted closer than the interval, measured when they are granted: a waiter that wakes late
-    pushes the next slot back by as much, and waiters woken together after the event loop
-    stalled queue again instead of all going at once. ``pause`` voids every reservation made
-    before it: sleepers wake, see the pause, and queue again behind it.
+    ``acquire`` reserves the next free slot of an evenly spaced schedule and sleeps until it.
+    Lateness (the event loop wakes a sleeper a little after its slot) is not added to the
+    schedule, so it does not cost throughput. What bounds the rate is a log of the last grants:
+    at most ``permits`` of them in any ``period`` plus a small margin, as a server counting over
+    a sliding window sees them. Waiters woken together after the loop stalled queue again rather
+    than go at once (no two permits closer than half an interval). ``pause`` voids every
+    reservation made before it: sleepers wake, see the pause, and queue again behind it.
     """
 
     def __init__(self, rate: Rate | None, *, clock: Clock = monotonic, sleep: Sleep = real_sleep):
         self._interval = rate.interval if rate is not None else 0.0
+        burst = max(1, int(rate.permits)) if rate is not None else 1
+        margin = min(rate.interval / 2, rate.period * _MARGIN) if rate is not None else 0.0
+        self._span = burst * self._interval + margin  # `burst` grants take at least this long
+        self._grants: deque[float] = deque(maxlen=burst)
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
@@ -93,21 +106,30 @@ class RateLimiter:
         interval = self._interval
         while True:
             now = self._clock()
-            slot = self._next if self._next > now else now
+            slot = max(self._next, now, self._floor())
             self._next = slot + interval
-            if slot > now:
-                epoch = self._epoch
-                await self._sleep(slot - now)
+            epoch = self._epoch
+            # Wait for the slot, and past it if the bound needs: a waiter late for its slot
+            # must not make the next `permits` grants denser than the rate; waiters woken at
+            # once after a stall go half an interval apart. Neither gives the slot up.
+            while True:
+                earliest = max(slot, self._last + interval / 2, self._floor())
+                if earliest <= now or epoch != self._epoch:
+                    break
+                await self._sleep(earliest - now)
                 woke = self._clock()
                 self.waited += woke - now
-                if epoch != self._epoch:
-                    continue  # a pause voided this reservation: queue again behind it
                 now = woke
-            if now < self._last + interval:
-                continue  # woken at once with an earlier waiter after a stall: queue again
+            if epoch != self._epoch:
+                continue  # a pause voided this reservation: queue again behind it
             self._last = now
-            self._next = max(self._next, now + interval)
+            self._grants.append(now)
             return
+
+    def _floor(self) -> float:
+        """The earliest time the next grant keeps the sliding-window bound."""
+        grants = self._grants
+        return grants[0] + self._span if len(grants) == grants.maxlen else -math.inf
 
     def pause(self, seconds: float) -> None:
         """Hold every permit for ``seconds`` from now (never shortens a longer pause)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["IllegalTransition", "RunStatus", "WindowState", "check_transition"]
+__all__ = ["BY_VALUE", "MOVES", "IllegalTransition", "RunStatus", "WindowState", "check_transition"]
 
 
 class WindowState(StrEnum):
@@ -40,7 +40,7 @@ _ACCEPTED = frozenset(
     {WindowState.SUBMITTED, WindowState.RUNNING, WindowState.SUCCEEDED, WindowState.FAILED}
 )
 
-_MOVES: dict[WindowState, frozenset[WindowState]] = {
+MOVES: dict[WindowState, frozenset[WindowState]] = {
     WindowState.PENDING: frozenset({WindowState.SUBMITTING}),
     # An intent ends with a run id, or -- when the request provably did not create a run
     # (refused before it was processed, or reconciliation found none) -- back where it was.
@@ -62,12 +62,16 @@ _MOVES: dict[WindowState, frozenset[WindowState]] = {
 }
 
 
+# Value -> state by a dict lookup: a replay of millions of records cannot afford Enum's call.
+BY_VALUE = {state.value: state for state in WindowState}
+
+
 class IllegalTransition(ValueError):
     """A move the state machine does not allow: a bug, or a checkpoint edited by hand."""
 
 
 def check_transition(old: WindowState, new: WindowState) -> None:
-    if new not in _MOVES[old]:
+    if new not in MOVES[old]:
         raise IllegalTransition(f"a window cannot go from {old} to {new}")
 
 

@@ -1,1 +1,1 @@
-"""Benchmarks: run each as ``python -m bench.NAME``."""
+"""Benchmarks of backfill: ``scripts/bench`` (``python -m bench``) runs one module per scenario."""

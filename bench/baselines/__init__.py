@@ -1,0 +1,1 @@
+"""What a careful user writes without ``backfill``: the baselines of the throughput scenario."""

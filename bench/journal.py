@@ -1,0 +1,201 @@
+"""Scenario "journal": durable checkpoint writes from 64 tasks, and replay of a big checkpoint.
+
+Writes: 64 tasks each take every 64th window of a plan and, like the engine's workers, await
+a durable ``SUBMITTING`` record and then a durable ``SUBMITTED`` record with its run id
+(``Journal.open(...)``: group commit), beside the same with ``group_commit=False`` (an fsync
+per record, which exists for this comparison). Replay: a checkpoint of two records per window
+is made with the real ``Journal`` for its header and first window, whose two lines are the
+templates of every other window's lines; ``Journal.open`` of it is then timed in a fresh
+child, whose peak RSS is measured. Every part runs in a child process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from backfill.journal import Journal
+from backfill.planner import FlowPlan, Plan
+from backfill.state import WindowState
+from bench.common import FLOW_ID, Result, Settings, child_json, python_module, ratio
+
+NAME = "journal"
+TITLE = "Journal: 64 concurrent durable writers; replay of a 1,000,000-window checkpoint"
+WRITERS = 64
+MINUTE = 60
+FIRST = 1262304000  # 2010-01-01T00:00:00Z
+RECORDS_TARGET = 20_000.0
+RESUME_SECONDS = 5.0
+RESUME_WINDOWS = 1_000_000
+RESUME_RSS_MB = 500.0
+
+
+def _plan(windows: int) -> Plan:
+    return Plan((FlowPlan.single(FLOW_ID, FIRST, FIRST + windows * MINUTE, MINUTE),))
+
+
+def _run_id(index: int) -> str:
+    return f"{index:08x}-e3a1-4000-8000-00000000be4c"  # the length and shape of a real run id
+
+
+async def write(path: Path, windows: int, group_commit: bool) -> dict[str, float]:
+    journal = Journal.open(path, _plan(windows), group_commit=group_commit)
+    todo = list(journal.plan.windows())
+
+    async def writer(first: int) -> None:
+        for index in range(first, len(todo), WRITERS):
+            window = todo[index]
+            await journal.record(window, WindowState.SUBMITTING, attempt=1)
+            await journal.record(window, WindowState.SUBMITTED, attempt=1, run_id=_run_id(index))
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for first in range(WRITERS):
+            group.create_task(writer(first))
+    seconds = time.perf_counter() - started
+    records, syncs = journal.records, journal.syncs
+    await journal.close()
+    return {"records": float(records), "syncs": float(syncs), "seconds": seconds}
+
+
+async def _first_window(path: Path, plan: Plan) -> None:
+    """The real journal writes the header and the first window's two records."""
+    journal = Journal.open(path, plan)
+    first = next(plan.windows())
+    await journal.record(first, WindowState.SUBMITTING, attempt=1)
+    await journal.record(first, WindowState.SUBMITTED, attempt=1, run_id=_run_id(0))
+    await journal.close()
+
+
+def build(path: Path, windows: int) -> dict[str, float]:
+    """A checkpoint of ``windows`` windows, each submitted then accepted, in Journal's format."""
+    started = time.perf_counter()
+    plan = _plan(windows)
+    asyncio.run(_first_window(path, plan))
+    stream = plan.windows()
+    first = next(stream)
+    lines = path.read_bytes().splitlines()
+    intent, accepted = orjson.loads(lines[-2]), orjson.loads(lines[-1])
+    if intent.get("s") != first.start or accepted.get("id") != _run_id(0):
+        raise RuntimeError(f"unexpected record format: {lines[-2:]!r}")
+    dumps = orjson.dumps
+    stamp = float(intent.get("ts", 0.0))
+    chunk: list[bytes] = []
+    with open(path, "ab") as out:
+        for index, window in enumerate(stream, 1):
+            intent["s"] = accepted["s"] = window.start
+            if "ts" in intent:
+                intent["ts"] = round(stamp + index / 1000, 3)
+            accepted["id"] = _run_id(index)
+            chunk += (dumps(intent), b"\n", dumps(accepted), b"\n")
+            if len(chunk) >= 400_000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        out.write(b"".join(chunk))
+    return {"bytes": float(path.stat().st_size), "seconds": time.perf_counter() - started}
+
+
+def resume(path: Path, windows: int) -> dict[str, float]:
+    plan = _plan(windows)
+    started = time.perf_counter()
+    journal = Journal.open(path, plan)
+    seconds = time.perf_counter() - started
+    submitted = journal.counts()[WindowState.SUBMITTED]
+    records = journal.replay.records
+    asyncio.run(journal.close())
+    return {"seconds": seconds, "submitted": float(submitted), "lines": float(records)}
+
+
+def _child(settings: Settings, label: str, *args: str, timeout: float = 300) -> Any:
+    return child_json(
+        python_module("bench.journal", *args), timeout=timeout, work=settings.work, label=label
+    )
+
+
+def run(settings: Settings) -> Result:
+    group_windows = 5_000 if settings.quick else 50_000
+    single_windows = 500 if settings.quick else 5_000
+    resume_windows = 100_000 if settings.quick else RESUME_WINDOWS
+    result = Result(NAME, TITLE)
+    grouped: list[dict[str, float]] = []
+    single: list[dict[str, float]] = []
+    resumed: list[tuple[dict[str, float], float]] = []
+    for rep in range(settings.repetitions):
+        for windows, flag, into in (
+            (group_windows, "--group-commit", grouped),
+            (single_windows, "--no-group-commit", single),
+        ):
+            path = settings.work / f"journal-write-{rep}{flag}.jsonl"
+            label = f"journal-write-{rep}{flag}"
+            out, _ = _child(settings, label, "write", str(path), str(windows), flag)
+            into.append(out)
+            path.unlink(missing_ok=True)
+    resume_path = settings.work / "journal-resume.jsonl"
+    built, _ = _child(settings, "journal-build", "build", str(resume_path), str(resume_windows))
+    for rep in range(settings.repetitions):
+        out, measured = _child(
+            settings, f"journal-resume-{rep}", "resume", str(resume_path), str(resume_windows)
+        )
+        if int(out["submitted"]) != resume_windows:
+            result.notes.append(f"replay found {out['submitted']} submitted windows")
+        resumed.append((out, measured.max_rss_mb))
+    resume_path.unlink(missing_ok=True)
+    result.details = {
+        "writers": WRITERS,
+        "group_commit": {"windows": group_windows, "records": 2 * group_windows, "runs": grouped},
+        "fsync_per_record": {"windows": single_windows, "records": 2 * single_windows},
+        "resume": {"windows": resume_windows, "file_mb": round(built["bytes"] / 2**20, 1)},
+        "directory": str(settings.work),
+    }
+    result.details["fsync_per_record"]["runs"] = single
+    group_rate = [r["records"] / r["seconds"] for r in grouped]
+    single_rate = [r["records"] / r["seconds"] for r in single]
+    result.figure("group commit, 64 writers", "records/s", group_rate, ">=", RECORDS_TARGET)
+    result.figure(
+        "records per fsync (group commit)", "records", [r["records"] / r["syncs"] for r in grouped]
+    )
+    result.figure("fsync per record, 64 writers", "records/s", single_rate)
+    result.figure(
+        "group commit / fsync per record",
+        "x",
+        [ratio(a, b) for a, b in zip(group_rate, single_rate, strict=True)],
+    )
+    scale = resume_windows / RESUME_WINDOWS
+    if settings.quick:
+        result.notes.append(f"quick: replay of {resume_windows:,} windows; time target scaled")
+    result.figure(
+        f"replay of {resume_windows:,} windows (Journal.open)",
+        "s",
+        [out["seconds"] for out, _ in resumed],
+        "<=",
+        round(RESUME_SECONDS * scale, 3),
+    )
+    result.figure("replay peak RSS", "MB", [rss for _, rss in resumed], "<=", RESUME_RSS_MB)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.journal")
+    parser.add_argument("what", choices=("write", "build", "resume"))
+    parser.add_argument("path", type=Path)
+    parser.add_argument("windows", type=int)
+    parser.add_argument("--group-commit", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args(argv)
+    if args.what == "write":
+        out = asyncio.run(write(args.path, args.windows, args.group_commit))
+    elif args.what == "build":
+        out = build(args.path, args.windows)
+    else:
+        out = resume(args.path, args.windows)
+    print(orjson.dumps(out).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
