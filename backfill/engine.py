@@ -1,8 +1,8 @@
 """The engine: a dispatcher, a worker per request, reconciliation and the run monitor.
 
-    dispatcher --(concurrency slot, flow ready, rate permit)--> worker
-    worker:     journal "submitting" (durable) -> POST /runs -> journal "submitted" (durable)
-                answer lost / 5xx -> in doubt -> reconciler
+    dispatcher --(concurrency slot, flow ready)--> worker
+    worker:     journal "submitting" (durable) -> rate permit -> POST /runs
+                -> journal "submitted" (durable); answer lost / 5xx -> in doubt -> reconciler
     reconciler: one paginated listing per flow, adopts the run whose window matches, or
                 sends the window back to the dispatcher when the service has none
     monitor:    one list call per flow and page of tracked run ids -> status records;
@@ -10,9 +10,11 @@
 
 The dispatcher is the only task that waits for new work: it takes a concurrency slot, picks
 the next ready window (retries first, then windows from the flows' streams, oldest or newest
-first), takes a rate permit and only then starts the worker, so nothing queues up behind the
-limiter and memory stays flat however long the plan is. A flow with a delta column sends its
-first run alone; its other windows wait until that run is accepted.
+first) and only then starts a worker, so at most ``concurrency`` windows are ever in hand and
+memory stays flat however long the plan is. A worker takes its rate permit after its intent
+is durable, right before it sends: the limiter hands out reserved slots (nobody polls), and
+the permit-to-send delay stays short and even. A flow with a delta column sends its first run
+alone; its other windows wait until that run is accepted.
 """
 
 from __future__ import annotations
@@ -315,14 +317,6 @@ class Engine:
             if job is None:
                 self._slots.release()
                 return
-            await self._limiter.acquire()
-            if self._stopping is not None or self._draining is not None:
-                # Stopped while waiting for the permit: the window stays as the journal has it.
-                self._slots.release()
-                self._flows[job.window.flow_id].active -= 1
-                if self._stopping is not None:
-                    return
-                continue
             self._in_flight += 1
             group.create_task(self._work(job))
 
@@ -437,6 +431,15 @@ class Engine:
             )
             retries = throttled = 0
             while True:
+                # The permit comes last, once the intent is on disk: how long an fsync takes
+                # varies, and it must not sit between the permit and the send, or requests
+                # would reach a sliding-window server closer together than the rate.
+                await self._limiter.acquire()
+                if self._stopping is not None or self._draining is not None:
+                    await journal.record(window, before, attempt=job.attempt - 1)
+                    settled = True
+                    self._release(flow)
+                    return
                 try:
                     if job.mode is RetryMode.RETRIGGER and job.run_id is not None:
                         created = await self._client.retrigger(job.run_id)
@@ -472,7 +475,6 @@ class Engine:
                         throttled=throttled,
                     )
                     await self._sleep(self._backoff(exc, retries + throttled))
-                    await self._limiter.acquire()
                 except PermanentError as exc:
                     await journal.record(window, before, attempt=job.attempt - 1)
                     settled = True

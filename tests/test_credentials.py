@@ -84,7 +84,7 @@ async def test_a_refused_static_token_stops_cleanly_and_resumes(tmp_path: Path) 
 
 async def test_no_secret_reaches_any_byte_the_tool_writes(tmp_path: Path) -> None:
     async with emulator(
-        token_lifetime=3, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, fail_rate=0.3, seed=9
+        token_lifetime=1, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, fail_rate=0.3, seed=9
     ) as emu:
         secret_file = tmp_path / "client-secret"
         secret_file.write_text(CLIENT_SECRET + "\n")
