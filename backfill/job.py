@@ -286,11 +286,12 @@ def _glob(pattern: Path) -> list[Path]:
 @contextlib.asynccontextmanager
 async def _session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(limit=settings.concurrency + 8, ttl_dns_cache=300)
+    # One deadline per request rather than aiohttp's per-read timer (sock_read), which is
+    # rescheduled on every chunk received: measurably cheaper at thousands of requests a second.
     timeout = aiohttp.ClientTimeout(
-        total=None,
+        total=settings.request_timeout,
         connect=settings.connect_timeout,
         sock_connect=settings.connect_timeout,
-        sock_read=settings.request_timeout,
     )
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, raise_for_status=False

@@ -7,7 +7,6 @@ import email.utils
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -76,19 +75,6 @@ class FakeTokens:
         self.renewals += 1
         self.current = f"tok-{self.renewals + 1}"
         return self.current
-
-
-@pytest.fixture
-def mocked() -> Iterator[Mocked]:
-    mock = Mocked()
-    with mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
