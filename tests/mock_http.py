@@ -34,3 +34,7 @@ class Mocked(aioresponses):
     def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", CompatResponse)
         super().add(url, method, *args, **kwargs)
+
+    def sent(self, method: str, url: str) -> list[dict[str, Any]]:
+        """The keyword arguments of every request sent to ``method url``."""
+        return [dict(call.kwargs) for call in self.requests.get((method, URL(url)), [])]

@@ -14,17 +14,9 @@ from yarl import URL
 from backfill.auth import DEFAULT_SCOPES, IMS_URL, ClientCredentials, StaticToken
 from backfill.errors import AuthError, PermanentError, RetryableError, TransportError
 
-from .mock_http import Mocked as _Mocked
+from .mock_http import Mocked
 
 SECRET = "p8e-very-secret-value"
-
-
-class Mocked(_Mocked):
-    """The shared mock, with a look at what reached IMS."""
-
-    def ims_requests(self) -> list[dict[str, Any]]:
-        """The keyword arguments of every request sent to IMS."""
-        return [dict(call.kwargs) for call in self.requests.get(("POST", URL(IMS_URL)), [])]
 
 
 class FakeClock:
@@ -59,7 +51,7 @@ async def test_the_form_is_posted_to_ims(credentials: ClientCredentials, mocked:
 
     assert await credentials.token() == "t1"
 
-    (request,) = mocked.ims_requests()
+    (request,) = mocked.sent("POST", IMS_URL)
     assert request["data"] == {
         "grant_type": "client_credentials",
         "client_id": "my-client-id",
@@ -96,7 +88,7 @@ async def test_the_token_is_cached(
         clock.now += 3600
 
     assert tokens == ["t1"] * 5
-    assert len(mocked.ims_requests()) == 1
+    assert len(mocked.sent("POST", IMS_URL)) == 1
 
 
 @pytest.mark.parametrize(
@@ -121,7 +113,7 @@ async def test_the_token_is_renewed_a_margin_before_it_expires(
     clock.now = started + renew_after
     assert await credentials.token() == "t2"
 
-    assert len(mocked.ims_requests()) == 2
+    assert len(mocked.sent("POST", IMS_URL)) == 2
     assert credentials.renewals == 2
 
 
@@ -138,7 +130,7 @@ async def test_concurrent_callers_share_one_request(
 
     assert first == ["t1"] * 50
     assert renewed == ["t2"] * 50
-    assert len(mocked.ims_requests()) == 2
+    assert len(mocked.sent("POST", IMS_URL)) == 2
 
 
 async def test_renew_after_someone_else_renewed_needs_no_request(
@@ -151,7 +143,7 @@ async def test_renew_after_someone_else_renewed_needs_no_request(
     assert await credentials.renew(stale) == "t2"  # the first worker's 401
     assert await credentials.renew(stale) == "t2"  # a second worker's 401 on the old token
 
-    assert len(mocked.ims_requests()) == 2
+    assert len(mocked.sent("POST", IMS_URL)) == 2
     assert await credentials.token() == "t2"
 
 
@@ -166,7 +158,7 @@ async def test_renew_with_the_current_token_fetches_a_new_one(
     assert await credentials.renew("t1") == "t2"
     assert await credentials.renew("t2") == "t3"
 
-    assert len(mocked.ims_requests()) == 3
+    assert len(mocked.sent("POST", IMS_URL)) == 3
 
 
 @pytest.mark.parametrize(
@@ -228,7 +220,7 @@ async def test_a_failed_fetch_is_tried_again_by_the_next_caller(
         await credentials.token()
     assert await credentials.token() == "t1"
 
-    assert len(mocked.ims_requests()) == 2
+    assert len(mocked.sent("POST", IMS_URL)) == 2
 
 
 async def test_every_concurrent_caller_sees_the_failure(
@@ -241,7 +233,7 @@ async def test_every_concurrent_caller_sees_the_failure(
     )
 
     assert all(isinstance(r, AuthError) for r in results)
-    assert len(mocked.ims_requests()) == 1
+    assert len(mocked.sent("POST", IMS_URL)) == 1
 
 
 async def test_ims_unreachable_is_a_transport_error(
@@ -279,7 +271,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(
 
     assert await patient == "t1"
     assert impatient.cancelled()
-    assert len(mocked.ims_requests()) == 1
+    assert len(mocked.sent("POST", IMS_URL)) == 1
 
 
 # ---------------------------------------------------------------------- static token
