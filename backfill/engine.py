@@ -100,12 +100,10 @@ class Stats:
     retried_runs: int = 0
     request_retries: int = 0
     rate_limited: int = 0
-    failed_for_good: int = 0
     duplicates_found: int = 0
     polls: int = 0
     list_requests: int = 0
     reconciliations: int = 0
-    status_changes: int = 0
 
 
 @dataclass(slots=True)
@@ -230,10 +228,6 @@ class Engine:
             self._stopping = reason
             log.info("stopping", reason=reason, in_flight=self._in_flight)
         self._close()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     @property
     def unknown_statuses(self) -> frozenset[str]:
@@ -542,7 +536,6 @@ class Engine:
         self.stop(f"error: {error}")
 
     def _give_up(self, window: Window, reason: str) -> None:
-        self.stats.failed_for_good += 1
         log.warning("window_failed_for_good", **_fields(window), reason=reason)
         if self._options.on_failure is OnFailure.STOP and self._draining is None:
             self._draining = "a window failed for good (--on-failure stop)"
@@ -738,14 +731,12 @@ class Engine:
             if old is not WindowState.SUBMITTED:
                 return False
             self._journal.record_nowait(window, new)
-            self.stats.status_changes += 1
             return True
         errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
         self._journal.record_nowait(window, new, errors=errors)
         log.debug(
             "run_finished", **_fields(window), attempt=entry.attempt, run_id=run.run_id, status=new
         )
-        self.stats.status_changes += 1
         del flow.tracked[run.run_id]
         flow.active -= 1
         if new is WindowState.FAILED:

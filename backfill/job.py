@@ -392,11 +392,15 @@ def _snapshot(
         done_at_start=done_at_start,
         extra={
             "submitted": stats.submitted,
+            "answers_lost": stats.in_doubt,
             "adopted_after_doubt": stats.adopted,
             "resent_after_doubt": stats.resent_after_doubt,
             "retried_runs": stats.retried_runs,
             "request_retries": stats.request_retries,
             "duplicates_found": stats.duplicates_found,
+            "list_requests": stats.list_requests,
+            "polls": stats.polls,
+            "reconciliations": stats.reconciliations,
         },
     )
 

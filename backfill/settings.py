@@ -55,7 +55,6 @@ _FLOW_ID = re.compile(
 _ORG_ID = re.compile(r"[A-Za-z0-9]+@AdobeOrg")
 _SANDBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SECRETS = ("access_token", "client_secret")
-_SINGLE_FLOW = ("flow_id", "delta_column")
 
 
 def _rate(value: Any) -> Any:
@@ -316,7 +315,6 @@ class Settings(BaseSettings):
 
     def plan(self, *, now: float) -> Plan:
         """The plan the options describe; times past ``now`` are refused."""
-        single = {name: getattr(self, name) for name in _SINGLE_FLOW}
         if self.flow_id is not None:
             configs = [
                 (
@@ -331,7 +329,7 @@ class Settings(BaseSettings):
                 )
             ]
         elif self.flows:
-            if single["delta_column"] is not None:
+            if self.delta_column is not None:
                 raise ConfigError("--delta-column", "goes with --flow-id; put it in [[flows]]")
             configs = [(f"flows[{i}].", flow) for i, flow in enumerate(self.flows)]
         else:
