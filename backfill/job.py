@@ -102,7 +102,7 @@ async def _run(
 ) -> ExitCode:
     loop = asyncio.get_running_loop()
     plan = journal.plan
-    rate = settings.rate_per_shard or settings.rate.divided(plan.shard.count)
+    rate = settings.effective_rate(plan.shard.count)  # a retried checkpoint knows its shard
     options = _engine_options(settings, retry_failed=retry_failed)
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
@@ -215,7 +215,8 @@ async def status_command(
                     )
                     # Follow every unfinished run for one poll, as --wait would.
                     options = replace(_engine_options(settings, retry_failed=False), wait=True)
-                    engine = Engine(journal, client, RateLimiter(settings.rate), options)
+                    limiter = RateLimiter(settings.effective_rate(journal.plan.shard.count))
+                    engine = Engine(journal, client, limiter, options)
                     await engine.refresh()
             finally:
                 await journal.close()

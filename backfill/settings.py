@@ -307,11 +307,11 @@ class Settings(BaseSettings):
         plain = Path(text)
         return plain.with_name(f"{plain.stem}.shard-{shard.index}{plain.suffix}")
 
-    def effective_rate(self) -> Rate:
-        """This process's share of the rate limit."""
+    def effective_rate(self, shards: int | None = None) -> Rate:
+        """This process's share of the rate limit, among ``shards`` (default: the settings')."""
         if self.rate_per_shard is not None:
             return self.rate_per_shard
-        return self.rate.divided(self.shard_spec().count)
+        return self.rate.divided(shards if shards is not None else self.shard_spec().count)
 
     def plan(self, *, now: float) -> Plan:
         """The plan the options describe; times past ``now`` are refused."""
