@@ -137,6 +137,32 @@ def hourly_run(flow: str, hours: int, *extra: str) -> list[str]:
     return ["run", *flow_range(flow, hours), "--checkpoint", "ck.jsonl", *extra]
 
 
+def two_flow_config(tmp_path: Path, hours: int, *, checkpoint: str, rate: str) -> Path:
+    """A TOML config of a table-based and a file-based flow, ``hours`` hourly windows each.
+
+    Times are given both ways the file allows: ``start`` as an integer, ``end`` as a string.
+    """
+    config = tmp_path / "backfill.toml"
+    config.write_text(
+        f"""
+checkpoint = "{checkpoint}"
+rate = "{rate}"
+concurrency = 8
+start = {START}
+end = "{START + 3600 * hours}"
+window = "1h"
+
+[[flows]]
+id = "{FLOW_TABLE}"
+delta_column = "DOB"
+
+[[flows]]
+id = "{FLOW_FILE}"
+"""
+    )
+    return config
+
+
 def hourly(start: int, hours: int) -> list[tuple[int, int]]:
     return [(start + 3600 * i, start + 3600 * (i + 1)) for i in range(hours)]
 

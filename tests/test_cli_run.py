@@ -22,6 +22,7 @@ from .harness import (
     interrupt,
     run_cli,
     start_cli,
+    two_flow_config,
     wait_for_runs,
 )
 
@@ -30,32 +31,16 @@ def _flow_args(flow: str, hours: int, *extra: str) -> list[str]:
     return [*flow_range(flow, hours), *extra]
 
 
-def _config(tmp_path: Path, hours: int) -> Path:
-    config = tmp_path / "backfill.toml"
-    config.write_text(
-        f"""
-checkpoint = "{tmp_path / "ck.jsonl"}"
-rate = "200/s"
-concurrency = 8
-start = {START}
-end = "{START + 3600 * hours}"
-window = "1h"
-
-[[flows]]
-id = "{FLOW_TABLE}"
-delta_column = "DOB"
-
-[[flows]]
-id = "{FLOW_FILE}"
-"""
-    )
-    return config
-
-
 async def test_every_window_once_and_delta_column_on_the_first_run_only(tmp_path: Path) -> None:
     async with emulator() as emu:
         result = await run_cli(
-            ["run", "--config", str(_config(tmp_path, 48))], cli_env(emu), tmp_path
+            [
+                "run",
+                "--config",
+                str(two_flow_config(tmp_path, 48, checkpoint=f"{tmp_path}/ck.jsonl", rate="200/s")),
+            ],
+            cli_env(emu),
+            tmp_path,
         )
         assert result.code == 0, result.stderr
         stats = emu.stats()
@@ -72,7 +57,7 @@ async def test_every_window_once_and_delta_column_on_the_first_run_only(tmp_path
 
 
 async def test_rerun_submits_nothing_new(tmp_path: Path) -> None:
-    config = _config(tmp_path, 24)
+    config = two_flow_config(tmp_path, 24, checkpoint=f"{tmp_path}/ck.jsonl", rate="200/s")
     async with emulator() as emu:
         first = await run_cli(["run", "--config", str(config)], cli_env(emu), tmp_path)
         second = await run_cli(["run", "--config", str(config)], cli_env(emu), tmp_path)

@@ -19,6 +19,7 @@ from .harness import (
     hourly,
     run_cli,
     start_cli,
+    two_flow_config,
     wait_for_runs,
 )
 
@@ -28,25 +29,8 @@ TOTAL_RATE = 80
 
 
 def _config(tmp_path: Path) -> Path:
-    config = tmp_path / "backfill.toml"
-    config.write_text(
-        f"""
-checkpoint = "{tmp_path}/ck-{{shard}}.jsonl"
-rate = "{TOTAL_RATE}/s"
-concurrency = 8
-start = {START}
-end = {START + 3600 * HOURS}
-window = "1h"
-
-[[flows]]
-id = "{FLOW_TABLE}"
-delta_column = "DOB"
-
-[[flows]]
-id = "{FLOW_FILE}"
-"""
-    )
-    return config
+    checkpoint = f"{tmp_path}/ck-{{shard}}.jsonl"
+    return two_flow_config(tmp_path, HOURS, checkpoint=checkpoint, rate=f"{TOTAL_RATE}/s")
 
 
 def _shard_env(emu_env: dict[str, str], index: int) -> dict[str, str]:
