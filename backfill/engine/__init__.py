@@ -1,0 +1,24 @@
+"""The engine: a dispatcher, a worker per request, reconciliation and the run monitor.
+
+    Engine (core) -- builds the parts around one Board (shared state) and one Control
+       |             (lifecycle, naps, backoff), and runs them in one TaskGroup
+       v
+    dispatch  --(concurrency slot, flow ready)--> submit (one worker per request)
+    submit:     journal "submitting" (durable) -> rate permit -> POST /runs
+                -> journal "submitted" (durable); answer lost / 5xx -> in doubt -> reconcile
+    reconcile:  one paginated listing per flow, adopts the run whose window matches, or
+                sends the window back to dispatch when the service has none
+    monitor:    one list call per flow and page of tracked run ids -> status records;
+                failed runs go back to dispatch until their attempts run out
+    listing:    the one place that pages through ``GET /runs`` (gate, reconcile, monitor)
+
+The parts talk only through the board and the control, never through one another's private
+state; the reconciler hands an adopted run to the monitor's ``observe``.
+"""
+
+from __future__ import annotations
+
+from .core import Engine
+from .options import EngineOptions, OnFailure, Outcome, RetryMode, Stats
+
+__all__ = ["Engine", "EngineOptions", "OnFailure", "Outcome", "RetryMode", "Stats"]

@@ -1,0 +1,110 @@
+"""The engine's lifecycle and pacing: stopping, draining, the first error, naps and backoff.
+
+A part that must stop the backfill, give a window up, wait, or back off after a failure asks
+this object; none of them sleeps on its own. ``closed`` wakes every nap and wait at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import structlog
+
+from backfill.errors import BackfillError, RateLimited, RetryableError
+from backfill.limits import RateLimiter, Sleep
+from backfill.planner import Window
+
+from .board import Board, window_fields
+from .options import EngineOptions, OnFailure, Stats
+
+__all__ = ["Control"]
+
+log = structlog.get_logger("backfill.engine")
+
+
+class Control:
+    """Why (and whether) the engine is stopping, and how long a part waits."""
+
+    def __init__(
+        self,
+        board: Board,
+        limiter: RateLimiter,
+        options: EngineOptions,
+        stats: Stats,
+        sleep: Sleep,
+    ) -> None:
+        self._board = board
+        self._limiter = limiter
+        self._options = options
+        self._stats = stats
+        self.sleep = sleep  # the raw sleep: a worker's backoff outlives a close
+        self._rng = random.Random(options.seed)  # noqa: S311 - jitter, not cryptography
+        self.closed = asyncio.Event()
+        self.stopping: str | None = None  # no new windows, in flight finishes
+        self.draining: str | None = None  # --on-failure stop: what is out is followed
+        self.error: BackfillError | None = None
+
+    @property
+    def halted(self) -> bool:
+        """Stopping or draining: no new request may go out."""
+        return self.stopping is not None or self.draining is not None
+
+    def stop(self, reason: str) -> None:
+        """Take no new windows; requests in flight finish; returns at once."""
+        if self.stopping is None:
+            self.stopping = reason
+            log.info("stopping", reason=reason, in_flight=self._board.in_flight)
+        self.close()
+
+    def fail(self, error: BackfillError) -> None:
+        """Stop on an error that the user must see (the first one wins)."""
+        if self.error is None:
+            self.error = error
+            log.error("stopping_on_error", error=str(error))
+        self.stop(f"error: {error}")
+
+    def give_up(self, window: Window, reason: str) -> None:
+        """The window is failed for good; with --on-failure stop nothing new goes out."""
+        log.warning("window_failed_for_good", **window_fields(window), reason=reason)
+        if self._options.on_failure is OnFailure.STOP and self.draining is None:
+            self.draining = "a window failed for good (--on-failure stop)"
+            log.info("draining", reason=self.draining, in_flight=self._board.in_flight)
+            self._board.wake.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self._board.wake.set()
+
+    def backoff(self, exc: RetryableError, retries: int) -> float:
+        """How long this task waits before trying again; 429s and Retry-After pause everyone."""
+        throttled = isinstance(exc, RateLimited)
+        if throttled:
+            self._stats.rate_limited += 1
+        if exc.retry_after is not None:
+            self._limiter.pause(exc.retry_after)
+            return 0.0
+        delay = self._options.backoff.delay(retries, self._rng)
+        if throttled:
+            self._limiter.pause(delay)
+            return 0.0
+        return delay
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep, but wake when the engine closes."""
+        if seconds <= 0 or self.closed.is_set():
+            return
+        await self._first(asyncio.ensure_future(self.sleep(seconds)))
+
+    async def wait_or_close(self, event: asyncio.Event) -> None:
+        """Wait for the event, or for the engine to close."""
+        await self._first(asyncio.ensure_future(event.wait()))
+
+    async def _first(self, waiter: asyncio.Future[Any]) -> None:
+        closer = asyncio.ensure_future(self.closed.wait())
+        try:
+            await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            closer.cancel()

@@ -1,0 +1,80 @@
+"""The engine's facade: builds the parts around one shared board and runs them together.
+
+This is the whole public surface the rest of ``backfill`` uses: ``run``, ``refresh``,
+``stop``, the counters and the unknown status words seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from backfill.client import RunsApi
+from backfill.journal import Journal
+from backfill.limits import Clock, RateLimiter, Sleep, monotonic, real_sleep
+
+from .board import Board, Gate
+from .control import Control
+from .dispatch import Dispatcher
+from .listing import Lister
+from .monitor import Monitor
+from .options import EngineOptions, Outcome, Stats
+from .reconcile import Reconciler
+from .submit import Submitter
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs one plan's windows (one shard's) to completion against the service."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        client: RunsApi,
+        limiter: RateLimiter,
+        options: EngineOptions,
+        *,
+        clock: Clock = monotonic,
+        sleep: Sleep = real_sleep,
+    ) -> None:
+        self._clock = clock
+        self._options = options
+        self.stats = Stats()
+        self._board = board = Board(journal, options, self.stats)
+        self._control = control = Control(board, limiter, options, self.stats, sleep)
+        lister = Lister(client, limiter, self.stats, options.page_size)
+        self._monitor = Monitor(board, control, lister, options)
+        self._reconciler = Reconciler(board, control, lister, self._monitor, options)
+        self._submitter = Submitter(board, control, client, limiter, options)
+        self._dispatcher = Dispatcher(board, control, lister, options)
+        self.started = 0.0
+
+    async def run(self) -> Outcome:
+        """Submit (and, when asked, follow) every window of the plan; return how it ended."""
+        self.started = self._clock()
+        board, control = self._board, self._control
+        board.prepare()
+        async with asyncio.TaskGroup() as group:
+            for flow in board.flows.values():
+                if flow.gate is Gate.CHECKING:
+                    group.create_task(self._dispatcher.check_gate(flow))
+            group.create_task(self._reconciler.loop())
+            if self._options.monitoring:
+                group.create_task(self._monitor.loop())
+            await self._dispatcher.run(group, self._submitter.work)
+            control.close()
+        return Outcome(control.stopping or control.draining, control.error)
+
+    async def refresh(self) -> None:
+        """One reconciliation and one status poll of everything unfinished; no submissions."""
+        self._board.prepare()
+        await self._reconciler.batch()
+        await self._monitor.poll()
+
+    def stop(self, reason: str) -> None:
+        """Take no new windows; requests in flight finish; returns at once."""
+        self._control.stop(reason)
+
+    @property
+    def unknown_statuses(self) -> frozenset[str]:
+        return frozenset(self._monitor.unknown_statuses)

@@ -1,0 +1,174 @@
+"""Dispatch: which window goes next, under the concurrency, active-run and delta-column limits.
+
+The dispatcher is the only task that waits for new work: it takes a concurrency slot, picks
+the next ready window (re-runs first, then windows from the flows' streams, oldest or newest
+first) and only then starts a worker, so at most ``concurrency`` windows are ever in hand and
+memory stays flat however long the plan is. A flow with a delta column sends its first run
+alone (its gate); its other windows wait until that run is accepted.
+
+It may touch: the board's flows, counters and ``wake``; the journal (read only); the lister
+for the gate's one question to the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from backfill.errors import ApiError, RetryableError
+from backfill.planner import Order
+from backfill.state import WindowState
+
+from .board import Board, Flow, Gate, Job
+from .control import Control
+from .listing import Lister
+from .options import EngineOptions
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger("backfill.engine")
+
+Worker = Callable[[Job], Awaitable[None]]
+
+
+class Dispatcher:
+    """Hands ready windows to workers, one concurrency slot each."""
+
+    def __init__(
+        self, board: Board, control: Control, lister: Lister, options: EngineOptions
+    ) -> None:
+        self._board = board
+        self._control = control
+        self._lister = lister
+        self._options = options
+        self._slots = asyncio.Semaphore(options.concurrency)
+
+    async def run(self, group: asyncio.TaskGroup, work: Worker) -> None:
+        """Start a worker per ready window until nothing is left (or the engine stops)."""
+        board = self._board
+        while True:
+            await self._slots.acquire()
+            job = await self._next_job()
+            if job is None:
+                self._slots.release()
+                return
+            board.in_flight += 1
+            group.create_task(self._worker(work, job))
+
+    async def _worker(self, work: Worker, job: Job) -> None:
+        try:
+            await work(job)
+        finally:
+            self._board.in_flight -= 1
+            self._slots.release()
+            self._board.wake.set()
+
+    async def _next_job(self) -> Job | None:
+        board, control = self._board, self._control
+        while True:
+            if control.stopping is not None:
+                return None
+            if control.draining is not None:
+                # --on-failure stop: nothing new goes out; what is out is followed to its end.
+                if board.quiet():
+                    return None
+            else:
+                job = self._pick()
+                if job is not None:
+                    return job
+                if board.all_done():
+                    return None
+            board.wake.clear()
+            await board.wake.wait()
+
+    def _pick(self) -> Job | None:
+        """The next job of a ready flow: re-runs first, then the oldest (or newest) window."""
+        cap = self._options.max_active_runs
+        newest_first = self._options.order is Order.NEWEST_FIRST
+        best: Flow | None = None
+        best_job: Job | None = None
+        for flow in self._board.flows.values():
+            job = self._candidate(flow)
+            if job is None or (cap is not None and flow.active >= cap):
+                continue
+            if best_job is None or (
+                job.window.start > best_job.window.start
+                if newest_first
+                else job.window.start < best_job.window.start
+            ):
+                best, best_job = flow, job
+        if best is None or best_job is None:
+            return None
+        if best.retries and best.retries[0] is best_job:
+            best.retries.popleft()
+        else:
+            best.head = None
+        if best.gate is Gate.NEEDS_FIRST:
+            best.gate = Gate.FIRST_IN_FLIGHT
+            best_job.first = True
+        best.active += 1
+        return best_job
+
+    def _candidate(self, flow: Flow) -> Job | None:
+        gate = flow.gate
+        if flow.retries:
+            job = flow.retries[0]
+            if gate is Gate.OPEN or job.first or gate is Gate.NEEDS_FIRST:
+                return job
+            return None
+        if gate is not Gate.OPEN and gate is not Gate.NEEDS_FIRST:
+            return None
+        if flow.head is None and not flow.exhausted:
+            flow.head = self._next_window(flow)
+        return flow.head
+
+    def _next_window(self, flow: Flow) -> Job | None:
+        """Advance the flow's stream to the next window that needs a request."""
+        board = self._board
+        journal = board.journal
+        for window in flow.stream:
+            entry = journal.get(window)
+            if entry is None:
+                return Job(window, 1)
+            state = entry.state
+            if state is WindowState.PENDING:
+                return Job(window, entry.attempt + 1)
+            if state is WindowState.FAILED and entry.attempt < board.allowed(window):
+                return board.retry_job(window, entry)
+        flow.exhausted = True
+        return None
+
+    async def check_gate(self, flow: Flow) -> None:
+        """Does the flow have a run yet? If not, one shard sends the first, with the column."""
+        control = self._control
+        plan = flow.plan
+        first = next(plan.windows(self._options.order), None)
+        shard = self._board.journal.plan.shard
+        owner = plan.owner(first.start, shard.count) if first is not None else shard.index
+        told = False
+        while not control.closed.is_set():
+            try:
+                page = await self._lister.page(plan.flow_id, limit=1)
+            except RetryableError as exc:
+                await control.nap(control.backoff(exc, 1))
+                continue
+            except ApiError as exc:
+                control.fail(exc)
+                return
+            if flow.gate is not Gate.CHECKING and flow.gate is not Gate.WAITING_FOR_SHARD:
+                return  # reconciliation adopted a run meanwhile
+            if page.runs:
+                flow.gate = Gate.OPEN
+            elif owner == shard.index:
+                flow.gate = Gate.NEEDS_FIRST
+            else:
+                flow.gate = Gate.WAITING_FOR_SHARD
+                if not told:
+                    log.info("waiting_for_first_run", flow=plan.flow_id, shard=owner)
+                    told = True
+                await control.nap(self._options.poll_interval)
+                continue
+            self._board.wake.set()
+            return

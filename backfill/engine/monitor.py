@@ -1,0 +1,122 @@
+"""The monitor: following accepted runs to their end, and queueing re-runs of failed ones.
+
+    tracked runs -> one listing per flow and page of run ids -> status records
+    succeeded: slot freed; failed: re-run (re-trigger or new run) until attempts run out,
+    then failed for good
+
+Polls back off while nothing changes. It may touch: the board's tracked runs, slots and
+re-runs; the journal (status records of tracked windows); the lister; the control (giving a
+window up, errors, naps).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from backfill.client import RunInfo
+from backfill.errors import ApiError, RetryableError
+from backfill.planner import Window
+from backfill.state import RunStatus, WindowState
+
+from .board import Board, Flow, window_fields
+from .control import Control
+from .listing import Lister
+from .options import EngineOptions
+
+__all__ = ["Monitor"]
+
+log = structlog.get_logger("backfill.engine")
+
+
+class Monitor:
+    """Polls the runs on the board and records what the service says of them."""
+
+    def __init__(
+        self, board: Board, control: Control, lister: Lister, options: EngineOptions
+    ) -> None:
+        self._board = board
+        self._control = control
+        self._lister = lister
+        self._options = options
+        self.unknown_statuses: set[str] = set()
+
+    async def loop(self) -> None:
+        """Poll while runs are tracked, backing off while nothing changes."""
+        board, control = self._board, self._control
+        interval = self._options.poll_interval
+        while not control.closed.is_set():
+            if not board.tracked_any():
+                board.tracking.clear()
+                await control.wait_or_close(board.tracking)
+                continue
+            await control.nap(interval)
+            if control.closed.is_set():
+                return
+            changed = await self.poll()
+            if changed:
+                interval = self._options.poll_interval
+            else:
+                interval = min(interval * 1.5, self._options.poll_max_interval)
+
+    async def poll(self) -> bool:
+        """One pass over every tracked run: one request per flow and page of run ids."""
+        board, control = self._board, self._control
+        board.stats.polls += 1
+        changed = False
+        size = self._lister.page_size
+        for flow in list(board.flows.values()):
+            ids = list(flow.tracked)
+            for i in range(0, len(ids), size):
+                chunk = ids[i : i + size]
+                try:
+                    async for run in self._lister.runs(flow.plan.flow_id, ids=chunk):
+                        window = flow.tracked.get(run.run_id)
+                        if window is not None:
+                            changed |= self.observe(flow, window, run)
+                except RetryableError as exc:
+                    log.warning("poll_failed", flow=flow.plan.flow_id, error=str(exc))
+                    await control.nap(control.backoff(exc, 1))
+                    return changed
+                except ApiError as exc:
+                    control.fail(exc)
+                    return changed
+        return changed
+
+    def observe(self, flow: Flow, window: Window, run: RunInfo) -> bool:
+        """Record what the service says of a tracked run; True if anything changed."""
+        board = self._board
+        journal = board.journal
+        entry = journal.get(window)
+        if entry is None or entry.run_id != run.run_id:
+            return False
+        if run.status is RunStatus.UNKNOWN and run.raw_status not in self.unknown_statuses:
+            self.unknown_statuses.add(run.raw_status)
+            log.warning("unknown_run_status", status=run.raw_status, run_id=run.run_id)
+        new = run.status.window_state()
+        old = entry.state
+        if new is old or new is WindowState.SUBMITTED or not old.active:
+            return False
+        if new is WindowState.RUNNING:
+            if old is not WindowState.SUBMITTED:
+                return False
+            journal.record_nowait(window, new)
+            return True
+        errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
+        journal.record_nowait(window, new, errors=errors)
+        log.debug(
+            "run_finished",
+            **window_fields(window),
+            attempt=entry.attempt,
+            run_id=run.run_id,
+            status=new,
+        )
+        del flow.tracked[run.run_id]
+        flow.active -= 1
+        if new is WindowState.FAILED:
+            if entry.attempt < board.allowed(window):
+                flow.retries.append(board.retry_job(window, entry))
+            else:
+                first_error = errors[0].get("message", "") if errors else "no error given"
+                self._control.give_up(window, f"run {run.run_id} failed: {first_error}")
+        board.wake.set()
+        return True

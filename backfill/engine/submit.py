@@ -1,0 +1,141 @@
+"""Submission: one window's request, from its durable intent to its recorded run id.
+
+    journal "submitting" (durable) -> rate permit -> POST /runs (or re-trigger)
+        -> journal "submitted" (durable)
+    answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
+
+The permit comes last, once the intent is on disk: how long an fsync takes varies, and it must
+not sit between the permit and the send, or requests would reach a sliding-window server
+closer together than the rate.
+
+It may touch: the journal (its window's records), the client's create/re-trigger calls, the
+limiter, the board (its flow's slot, the doubts, the accepted run) and the control (errors).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from backfill.client import CreatedRun, RunsApi
+from backfill.errors import ApiUnavailable, AuthError, PermanentError, RateLimited, RetryableError
+from backfill.limits import RateLimiter
+from backfill.state import WindowState
+
+from .board import Board, Gate, Job, window_fields
+from .control import Control
+from .options import EngineOptions, RetryMode
+
+__all__ = ["Submitter"]
+
+log = structlog.get_logger("backfill.engine")
+
+
+class Submitter:
+    """Makes one window's request and records what came of it."""
+
+    def __init__(
+        self,
+        board: Board,
+        control: Control,
+        client: RunsApi,
+        limiter: RateLimiter,
+        options: EngineOptions,
+    ) -> None:
+        self._board = board
+        self._control = control
+        self._client = client
+        self._limiter = limiter
+        self._options = options
+
+    async def work(self, job: Job) -> None:
+        """Send the job's request; the window ends submitted, in doubt, or back where it was."""
+        board = self._board
+        flow = board.flows[job.window.flow_id]
+        settled = False
+        try:
+            settled = await self._submit(job)
+        finally:
+            if not settled:  # cancelled mid-request: the window stays in doubt on disk
+                flow.active -= 1
+
+    async def _submit(self, job: Job) -> bool:
+        """True once the window's fate is recorded (on disk or handed to reconciliation)."""
+        board, control = self._board, self._control
+        window = job.window
+        flow = board.flows[window.flow_id]
+        journal = board.journal
+        before = journal.state(window)
+        await journal.record(
+            window,
+            WindowState.SUBMITTING,
+            attempt=job.attempt,
+            mode=job.mode.value if job.mode else None,
+        )
+        retries = throttled = 0
+        while True:
+            await self._limiter.acquire()
+            if control.halted:
+                await journal.record(window, before, attempt=job.attempt - 1)
+                board.release(flow)
+                return True
+            try:
+                created = await self._send(job)
+                break
+            except RetryableError as exc:
+                if exc.in_doubt:
+                    board.to_doubt(job, exc)
+                    return True
+                if isinstance(exc, RateLimited):
+                    throttled += 1  # the service is alive, only busy: never give up
+                else:
+                    retries += 1
+                if retries > self._options.backoff.max_retries or control.stopping:
+                    await journal.record(window, before, attempt=job.attempt - 1)
+                    if not control.stopping:
+                        control.fail(ApiUnavailable(f"{exc}; gave up after {retries} retries"))
+                    board.release(flow)
+                    return True
+                board.stats.request_retries += 1
+                log.debug(
+                    "request_retry",
+                    **window_fields(window),
+                    attempt=job.attempt,
+                    error=str(exc),
+                    retries=retries,
+                    throttled=throttled,
+                )
+                await control.sleep(control.backoff(exc, retries + throttled))
+            except PermanentError as exc:
+                await journal.record(window, before, attempt=job.attempt - 1)
+                board.release(flow)
+                if job.mode is RetryMode.RETRIGGER and not isinstance(exc, AuthError):
+                    # The run cannot be re-triggered: this window is failed for good.
+                    control.give_up(window, f"re-trigger refused: {exc}")
+                else:
+                    control.fail(exc)
+                return True
+        await journal.record(
+            window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
+        )
+        log.debug(
+            "run_submitted",
+            **window_fields(window),
+            attempt=job.attempt,
+            run_id=created.run_id,
+            delta_column=job.first,
+        )
+        board.stats.submitted += 1
+        if job.mode is RetryMode.RETRIGGER:
+            board.stats.retried_runs += 1
+        if job.first:
+            flow.gate = Gate.OPEN
+        board.accepted(flow, window, created.run_id)
+        return True
+
+    async def _send(self, job: Job) -> CreatedRun:
+        if job.mode is RetryMode.RETRIGGER and job.run_id is not None:
+            return await self._client.retrigger(job.run_id)
+        window = job.window
+        plan = self._board.flows[window.flow_id].plan
+        delta = plan.delta_column if job.first else None
+        return await self._client.create_run(window.flow_id, window.start, window.end, delta)
