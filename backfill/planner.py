@@ -1,9 +1,12 @@
 """The plan: which time windows each flow is backfilled in. Pure: no I/O, no clock.
 
-A flow's range is cut into contiguous half-open windows ``[start, end)`` of one size, the last
-one clipped to the range's end. Windows are produced lazily, so ten years of one-minute windows
-cost no memory. A plan that was extended (``--extend``) keeps the windows it had and adds
-segments before or after them, so recorded windows never change their boundaries.
+A flow's range is cut into contiguous half-open windows ``[start, end)``. A fixed size
+(``30s``, ``15m``, ``6h``, ``24h``) is an exact number of seconds cut from the range's start,
+the last window clipped to the range's end. A calendar size (``1d``, ``1w``, ``1mo``, ``1q``,
+``1y`` and multiples) is cut on the calendar boundaries of a time zone (see ``calendar``), the
+first and last windows clipped to the range. Windows are produced lazily, so ten years of
+one-minute windows cost no memory. A plan that was extended (``--extend``) keeps the windows it
+had and adds segments before or after them, so recorded windows never change their boundaries.
 """
 
 from __future__ import annotations
@@ -22,6 +25,20 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from .calendar import (
+    TZDATA_VERSION,
+    Align,
+    Calendar,
+    Grid,
+    Unit,
+    exists,
+    format_local,
+    instant,
+    local,
+    pip_tzdata,
+    unit_index,
+)
+
 __all__ = [
     "EARLIEST",
     "LATEST",
@@ -33,8 +50,10 @@ __all__ = [
     "Window",
     "format_duration",
     "format_time",
+    "format_window",
     "parse_duration",
     "parse_time",
+    "parse_window",
 ]
 
 # Unix seconds outside [1990, 2100) are not a date anyone backfills: they are milliseconds,
@@ -45,13 +64,15 @@ LATEST = 4102444800  # 2100-01-01T00:00:00Z
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DIGITS = re.compile(r"^\s*-?\d+\s*$")
+_WINDOW = re.compile(r"^\s*(\d+)\s*(mo|[smhdwqy])\s*$")
+_FIXED_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
-def parse_time(value: str | int) -> int:
+def parse_time(value: str | int, zone: str = "UTC") -> int:
     """Unix seconds from an integer, a string of digits, or an ISO-8601 date or datetime.
 
-    An ISO value without an offset is UTC. Raises ``ValueError`` saying what is wrong and how
-    to write it instead.
+    An ISO value without an offset is wall-clock time in ``zone``; a date is the local midnight
+    that starts it. Raises ``ValueError`` saying what is wrong and how to write it instead.
     """
     if isinstance(value, bool):
         raise ValueError("expected a time, got a boolean")
@@ -62,9 +83,10 @@ def parse_time(value: str | int) -> int:
         raise ValueError("empty; give unix seconds or an ISO date such as 2024-01-31")
     if _DIGITS.match(text):
         return _plausible(int(text), text)
+    day: date | None = None
     try:
         if len(text) == 10 and text[4] == "-":
-            moment = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+            day = date.fromisoformat(text)
         else:
             moment = datetime.fromisoformat(text)
     except ValueError:
@@ -72,11 +94,34 @@ def parse_time(value: str | int) -> int:
             f"{text!r} is not a time; give unix seconds (e.g. 1651584991) or ISO-8601 "
             "(e.g. 2024-01-31 or 2024-01-31T12:00:00Z)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    if day is not None:
+        return _plausible(_day_start(day, zone, text), text)
     if moment.microsecond:
         raise ValueError(f"{text!r} has fractions of a second; windows are whole seconds")
-    return _plausible(int(moment.timestamp()), text)
+    if moment.tzinfo is None:
+        if not exists(moment, zone):
+            raise ValueError(
+                f"{text!r} does not happen exactly once in the time zone {zone} (the clocks "
+                "skip or repeat it); add the offset you mean, e.g. 2024-03-31T03:30:00+02:00"
+            )
+        seconds = instant(moment, zone)
+    else:
+        seconds = int(moment.timestamp())
+    return _plausible(seconds, text)
+
+
+def _day_start(day: date, zone: str, text: str) -> int:
+    """The first moment of a local date (midnight, or when the clocks skipped it, just after)."""
+    midnight = datetime.combine(day, datetime.min.time())
+    seconds = instant(midnight, zone)
+    if seconds < 0 or seconds >= 10**11:
+        return seconds  # far out of range: _plausible says so
+    if local(seconds, zone).date() != day:
+        raise ValueError(
+            f"{text!r} did not happen in the time zone {zone}: the clocks skipped that day; "
+            "give the day before or after it"
+        )
+    return seconds
 
 
 def _plausible(seconds: int, text: str) -> int:
@@ -118,6 +163,38 @@ def parse_duration(value: str | int) -> int:
     if seconds <= 0:
         raise ValueError(f"{value!r} is not a positive duration; use e.g. 1h or 1d")
     return seconds
+
+
+def parse_window(value: str | int) -> int | tuple[int, Unit]:
+    """A window size: whole seconds for ``30s``, ``15m``, ``6h``; ``(n, unit)`` for calendar
+    sizes ``1d``, ``2w``, ``1mo``, ``3mo``, ``1q``, ``1y``. A bare number is seconds.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a window size, got a boolean")
+    if isinstance(value, int):
+        return parse_duration(value)
+    match = _WINDOW.match(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a window size; write a whole number and a unit: fixed 30s, 15m, "
+            "6h, 24h or calendar 1d, 1w, 1mo, 1q, 1y"
+        )
+    n, unit = int(match.group(1)), match.group(2)
+    if n <= 0:
+        raise ValueError(f"{value!r} is not a positive window size; use e.g. 1h or 1d")
+    if unit in _FIXED_UNITS:
+        return n * _FIXED_UNITS[unit]
+    return n, Unit(unit)
+
+
+def format_window(size: int | Calendar) -> str:
+    """``1mo``, ``1d``, ``6h``: a window size as written."""
+    if isinstance(size, Calendar):
+        return str(size)
+    for unit in ("h", "m"):  # never "d": 1d is a calendar day, 24h a fixed duration
+        if size % _FIXED_UNITS[unit] == 0:
+            return f"{size // _FIXED_UNITS[unit]}{unit}"
+    return f"{size}s"
 
 
 def format_duration(seconds: int) -> str:
@@ -191,16 +268,25 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class FlowPlan:
-    """One flow's windows: contiguous segments cut into windows of ``window`` seconds."""
+    """One flow's windows: contiguous segments cut into windows of ``window``.
+
+    ``window`` is whole seconds (fixed) or a ``Calendar`` size. A calendar plan records the
+    zone database it was made with (``tzdata``) and a digest of every boundary it produced
+    (``boundaries``), so a resume under another database can tell whether a boundary moved.
+    ``zone`` is only how a fixed plan's times are shown; it is not part of the plan.
+    """
 
     flow_id: str
-    window: int
+    window: int | Calendar
     segments: tuple[Segment, ...]
     delta_column: str | None = None
+    tzdata: str | None = None
+    boundaries: str | None = None
+    zone: str = field(default="UTC", compare=False)
     _salt: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.window <= 0:
+        if isinstance(self.window, int) and self.window <= 0:
             raise ValueError("the window size must be positive")
         if not self.segments:
             raise ValueError(f"flow {self.flow_id} has no range")
@@ -208,12 +294,38 @@ class FlowPlan:
             if before.end != after.start:
                 raise ValueError(f"flow {self.flow_id}: segments must be contiguous and sorted")
         object.__setattr__(self, "_salt", zlib.crc32(self.flow_id.encode()))
+        if isinstance(self.window, Calendar):
+            object.__setattr__(self, "zone", self.window.zone)
+            if self.boundaries is None:
+                object.__setattr__(self, "tzdata", TZDATA_VERSION)
+                object.__setattr__(self, "boundaries", self._digest())
+        elif self.tzdata is not None or self.boundaries is not None:
+            raise ValueError(f"flow {self.flow_id}: a fixed window size has no zone database")
 
     @classmethod
     def single(
-        cls, flow_id: str, start: int, end: int, window: int, delta_column: str | None = None
+        cls,
+        flow_id: str,
+        start: int,
+        end: int,
+        window: int | Calendar,
+        delta_column: str | None = None,
+        zone: str = "UTC",
     ) -> FlowPlan:
-        return cls(flow_id, window, (Segment(start, end),), delta_column)
+        """One range. A calendar size whose windows are all exact multiples of a fixed one
+        (days and weeks in UTC, from a boundary) is planned as that fixed size: the same
+        windows, and the same checkpoint as before calendar sizes existed.
+        """
+        segment = Segment(start, end)
+        if (
+            isinstance(window, Calendar)
+            and window.zone in ("UTC", "Etc/UTC")
+            and window.unit in (Unit.DAY, Unit.WEEK)
+            and (window.align is Align.START or Grid(window, start).is_boundary(start))
+        ):
+            days = window.n * (7 if window.unit is Unit.WEEK else 1)
+            return cls(flow_id, days * 86400, (segment,), delta_column, zone=zone)
+        return cls(flow_id, window, (segment,), delta_column, zone=zone)
 
     @property
     def start(self) -> int:
@@ -223,8 +335,27 @@ class FlowPlan:
     def end(self) -> int:
         return self.segments[-1].end
 
+    @property
+    def calendar(self) -> Calendar | None:
+        return self.window if isinstance(self.window, Calendar) else None
+
+    def _digest(self) -> str:
+        """A digest of every boundary, to tell whether another zone database moves one."""
+        digest = hashlib.sha256()
+        for window in self.windows():
+            digest.update(b"%d,%d;" % (window.start, window.end))
+        return digest.hexdigest()[:16]
+
+    def rebuilt(self) -> FlowPlan:
+        """This plan as the installed zone database cuts it (itself if it is fixed)."""
+        if self.calendar is None or self.tzdata == TZDATA_VERSION:
+            return self
+        return FlowPlan(self.flow_id, self.window, self.segments, self.delta_column)
+
     def count(self, shard: Shard | None = None) -> int:
         """Windows of this flow (those of ``shard`` only, when given), without listing them."""
+        if isinstance(self.window, Calendar):
+            return sum(1 for _ in self.windows(shard=shard))
         total = 0
         for segment in self.segments:
             n = -(-(segment.end - segment.start) // self.window)
@@ -240,7 +371,25 @@ class FlowPlan:
         self, order: Order = Order.OLDEST_FIRST, shard: Shard | None = None
     ) -> Iterator[Window]:
         """Stream this flow's windows (those of ``shard`` only, when given)."""
-        flow_id, size = self.flow_id, self.window
+        if isinstance(self.window, Calendar):
+            return self._calendar_windows(self.window, order, shard)
+        return self._fixed_windows(self.window, order, shard)
+
+    def _calendar_windows(
+        self, calendar: Calendar, order: Order, shard: Shard | None
+    ) -> Iterator[Window]:
+        flow_id = self.flow_id
+        newest_first = order is Order.NEWEST_FIRST
+        segments = reversed(self.segments) if newest_first else self.segments
+        for segment in segments:
+            grid = Grid(calendar, segment.start)
+            cuts = (_cuts_backward if newest_first else _cuts_forward)(grid, segment)
+            for start, end in cuts:
+                if shard is None or self._owner(start, shard.count) == shard.index:
+                    yield Window(flow_id, start, end)
+
+    def _fixed_windows(self, size: int, order: Order, shard: Shard | None) -> Iterator[Window]:
+        flow_id = self.flow_id
         segments = self.segments if order is Order.OLDEST_FIRST else reversed(self.segments)
         count, index = (shard.count, shard.index) if shard is not None else (1, 0)
         salt = self._salt
@@ -271,39 +420,154 @@ class FlowPlan:
 
     def owner(self, window_start: int, shard_count: int) -> int:
         """Index of the shard that owns the window starting at ``window_start``."""
-        return (self._salt + window_start // self.window) % shard_count
+        return self._owner(window_start, shard_count)
+
+    def _owner(self, window_start: int, shard_count: int) -> int:
+        calendar = self.calendar
+        if calendar is None:
+            assert isinstance(self.window, int)
+            return (self._salt + window_start // self.window) % shard_count
+        # Consecutive calendar windows start in consecutive units of n: consecutive shards.
+        wall = local(window_start, calendar.zone).replace(tzinfo=None)
+        return (self._salt + unit_index(wall, calendar.unit) // calendar.n) % shard_count
 
     def window_at(self, start: int) -> Window | None:
         """The planned window that starts at ``start``, if there is one."""
         for segment in self.segments:
             if segment.start <= start < segment.end:
+                if isinstance(self.window, Calendar):
+                    grid = Grid(self.window, segment.start)
+                    if start != segment.start and not grid.is_boundary(start):
+                        return None
+                    return Window(self.flow_id, start, min(grid.after(start), segment.end))
                 if (start - segment.start) % self.window:
                     return None
                 return Window(self.flow_id, start, min(start + self.window, segment.end))
         return None
 
+    def clipped(self) -> list[str]:
+        """What the user should know about clipped first and last windows, in words."""
+        calendar = self.calendar
+        notes: list[str] = []
+        if calendar is None:
+            assert isinstance(self.window, int)
+            last = self.segments[-1]
+            if (last.end - last.start) % self.window:
+                cut = last.end - (last.end - last.start) % self.window
+                notes.append(
+                    f"the last window {self.show(cut)} .. {self.show(last.end)} is clipped to "
+                    f"the range's end ({format_window(self.window)} would end at "
+                    f"{self.show(cut + self.window)})"
+                )
+            return notes
+        first, last = self.segments[0], self.segments[-1]
+        head = Grid(calendar, first.start)
+        if calendar.align is Align.CALENDAR and not head.is_boundary(first.start):
+            k = head.locate(first.start)
+            notes.append(
+                f"the first window starts at {self.show(first.start)}, after the {calendar} "
+                f"boundary {self.show(head.boundary(k))}: it is clipped to the range's start"
+            )
+        tail = Grid(calendar, last.start)
+        if last.end != last.start and not tail.is_boundary(last.end):
+            notes.append(
+                f"the last window ends at {self.show(last.end)}, before the {calendar} boundary "
+                f"{self.show(tail.after(last.end))}: it is clipped to the range's end"
+            )
+        return notes
+
+    def show(self, seconds: int) -> str:
+        """A moment as this plan's zone sees it: local ISO-8601 with the offset."""
+        return format_local(seconds, self.zone)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.flow_id,
-            "window": self.window,
+            "window": self.window if isinstance(self.window, int) else str(self.window),
             "segments": [[s.start, s.end] for s in self.segments],
             "delta_column": self.delta_column,
         }
+        if isinstance(self.window, Calendar):
+            data |= {
+                "zone": self.window.zone,
+                "align": self.window.align.value,
+                "tzdata": self.tzdata,
+                "boundaries": self.boundaries,
+            }
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FlowPlan:
+        raw = data["window"]
+        window: int | Calendar
+        if isinstance(raw, str):
+            size = parse_window(raw)
+            if not isinstance(size, tuple):
+                raise ValueError(f"window {raw!r} is not a calendar size")
+            window = Calendar(size[0], size[1], str(data["zone"]), Align(data["align"]))
+        else:
+            window = int(raw)
         return cls(
             flow_id=str(data["id"]),
-            window=int(data["window"]),
+            window=window,
             segments=tuple(Segment(int(a), int(b)) for a, b in data["segments"]),
             delta_column=data.get("delta_column"),
+            tzdata=data.get("tzdata"),
+            boundaries=data.get("boundaries"),
         )
 
     def describe(self) -> str:
+        calendar = self.calendar
+        if calendar is None:
+            return (
+                f"{format_time(self.start)} .. {format_time(self.end)} "
+                f"every {format_window(self.window)}"
+            )
+        return f"{self.show(self.start)} .. {self.show(self.end)} every {calendar.describe()}"
+
+    def moved_boundaries(self) -> str | None:
+        """Why the installed zone database cannot resume this recorded plan, if it cannot."""
+        calendar = self.calendar
+        if calendar is None or self.tzdata == TZDATA_VERSION:
+            return None
+        if self.rebuilt().boundaries == self.boundaries:
+            return None
         return (
-            f"{format_time(self.start)} .. {format_time(self.end)} "
-            f"every {format_duration(self.window)}"
+            f"flow {self.flow_id}: the time-zone database changed ({self.tzdata} recorded, "
+            f"{TZDATA_VERSION} installed) and moves window boundaries in {calendar.zone}; "
+            f"install {pip_tzdata(self.tzdata or '')} to resume it"
         )
+
+
+def _spell(size: int | Calendar) -> str:
+    if isinstance(size, Calendar):
+        return size.describe()
+    return f"{format_window(size)} (fixed)"
+
+
+def _cuts_forward(grid: Grid, segment: Segment) -> Iterator[tuple[int, int]]:
+    k = grid.locate(segment.start)
+    before, end = segment.start, segment.end
+    while before < end:
+        k += 1
+        boundary = grid.boundary(k)
+        if boundary <= before:
+            continue  # the zone skipped a whole unit: its boundary is the next one
+        boundary = min(boundary, end)
+        yield before, boundary
+        before = boundary
+
+
+def _cuts_backward(grid: Grid, segment: Segment) -> Iterator[tuple[int, int]]:
+    k = grid.locate(segment.end - 1)
+    start, after = segment.start, segment.end
+    while after > start:
+        boundary = max(grid.boundary(k), start)
+        k -= 1
+        if boundary >= after:
+            continue
+        yield boundary, after
+        after = boundary
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,9 +630,11 @@ class Plan:
                 continue
             if flow.window != other.window:
                 found.append(
-                    f"flow {flow_id}: window {format_duration(flow.window)} recorded, "
-                    f"{format_duration(other.window)} requested"
+                    f"flow {flow_id}: window {_spell(flow.window)} recorded, "
+                    f"{_spell(other.window)} requested"
                 )
+            elif (moved := flow.moved_boundaries()) is not None:
+                found.append(moved)
             if flow.delta_column != other.delta_column:
                 found.append(
                     f"flow {flow_id}: delta column {flow.delta_column!r} recorded, "
@@ -376,8 +642,8 @@ class Plan:
                 )
             if (flow.start, flow.end) != (other.start, other.end):
                 found.append(
-                    f"flow {flow_id}: {format_time(flow.start)} .. {format_time(flow.end)} "
-                    f"recorded, {format_time(other.start)} .. {format_time(other.end)} requested"
+                    f"flow {flow_id}: {flow.show(flow.start)} .. {flow.show(flow.end)} "
+                    f"recorded, {other.show(other.start)} .. {other.show(other.end)} requested"
                 )
         found.extend(f"flow {flow_id} is new" for flow_id in theirs if flow_id not in mine)
         return found
@@ -400,6 +666,13 @@ class Plan:
                 continue
             if flow.window != other.window or flow.delta_column != other.delta_column:
                 problems.append(f"flow {flow.flow_id}: window size or delta column changed")
+                continue
+            moved = flow.moved_boundaries()
+            if moved is not None:
+                problems.append(moved)
+                continue
+            if (other.start, other.end) == (flow.start, flow.end):
+                flows.append(flow)  # as recorded, with the zone database that cut it
                 continue
             if other.start > flow.start or other.end < flow.end:
                 problems.append(
