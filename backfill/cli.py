@@ -55,9 +55,36 @@ def _plan_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to backfill (or [[flows]] in --config)")
     _flag(group, "config", "TOML config file (BACKFILL_CONFIG)", metavar="FILE", dest="config_file")
     _flag(group, "flow-id", "the flow to run (a UUID)", metavar="ID")
-    _flag(group, "start", "range start: unix seconds or ISO-8601 (UTC if no offset)", metavar="T")
+    _flag(
+        group,
+        "start",
+        "range start: unix seconds or ISO-8601 (in --timezone if no offset)",
+        metavar="T",
+    )
     _flag(group, "end", "range end, exclusive; not in the future", metavar="T")
-    _flag(group, "window", "window size: 30s, 15m, 6h, 1d, 7d", metavar="D")
+    _flag(
+        group,
+        "window",
+        "window size. Fixed durations, cut from the range's start: 30s, 15m, 6h, 24h (exactly "
+        "86,400 s). Calendar sizes in --timezone: 1d (local midnight to midnight: 23, 24 or "
+        "25 h), 1w (from Monday), 1mo, 1q, 1y, and multiples such as 2w or 3mo",
+        metavar="D",
+    )
+    _flag(
+        group,
+        "timezone",
+        "IANA time zone (e.g. Europe/Madrid; default UTC): times without an offset are read "
+        "in it and calendar windows follow its calendar",
+        metavar="ZONE",
+    )
+    _flag(
+        group,
+        "align",
+        "calendar (default for calendar sizes): cut on local midnights, Mondays, the 1st, a "
+        "clipped first/last window where the range is not on one; start: cut from the range's "
+        "start (always so for fixed sizes)",
+        metavar="HOW",
+    )
     _flag(
         group, "shard", "this process's shard INDEX/COUNT (or JOB_COMPLETION_INDEX)", metavar="I/N"
     )

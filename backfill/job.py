@@ -55,9 +55,17 @@ def plan_command(settings: Settings, *, as_json: bool, out: Any = None) -> ExitC
     plan = settings.plan(now=time.time())
     if as_json:
         write = out.buffer.write if hasattr(out, "buffer") else None
+        flows = {flow.flow_id: flow for flow in plan.flows}
         for window in plan.windows():
+            show = flows[window.flow_id].show
             line = orjson.dumps(
-                {"flow_id": window.flow_id, "start": window.start, "end": window.end}
+                {
+                    "flow_id": window.flow_id,
+                    "start": window.start,
+                    "end": window.end,
+                    "start_time": show(window.start),
+                    "end_time": show(window.end),
+                }
             )
             if write is not None:
                 write(line + b"\n")
@@ -69,6 +77,8 @@ def plan_command(settings: Settings, *, as_json: bool, out: Any = None) -> ExitC
         total += flow["windows"]
         column = f", delta column {flow['delta_column']}" if flow["delta_column"] else ""
         out.write(f"{flow['flow_id']}: {flow['range']}: {flow['windows']:,} windows{column}\n")
+        for line in flow["details"]:
+            out.write(f"  {line}\n")
     shard = "" if plan.shard.whole else f" (shard {plan.shard})"
     out.write(f"{total:,} windows in all{shard}\n")
     return ExitCode.OK

@@ -477,8 +477,8 @@ class FlowPlan:
         return notes
 
     def show(self, seconds: int) -> str:
-        """A moment as this plan's zone sees it: local ISO-8601 with the offset."""
-        return format_local(seconds, self.zone)
+        """A moment as this plan's zone sees it: local ISO-8601 with the offset (Z in UTC)."""
+        return format_time(seconds) if self.zone == "UTC" else format_local(seconds, self.zone)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -520,7 +520,7 @@ class FlowPlan:
         calendar = self.calendar
         if calendar is None:
             return (
-                f"{format_time(self.start)} .. {format_time(self.end)} "
+                f"{self.show(self.start)} .. {self.show(self.end)} "
                 f"every {format_window(self.window)}"
             )
         return f"{self.show(self.start)} .. {self.show(self.end)} every {calendar.describe()}"

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .journal import Entry, Journal
-from .planner import Plan, Window, format_time
+from .planner import FlowPlan, Order, Plan, Shard, Window, format_time
 from .state import WindowState
 
 __all__ = [
@@ -223,6 +223,22 @@ def plan_summary(plan: Plan) -> list[dict[str, Any]]:
             "range": flow.describe(),
             "windows": flow.count(plan.shard),
             "delta_column": flow.delta_column,
+            "details": _edges(flow, plan.shard),
         }
         for flow in plan.flows
     ]
+
+
+def _edges(flow: FlowPlan, shard: Shard) -> list[str]:
+    """The first and last windows, in unix seconds and local time, and which are clipped."""
+    lines: list[str] = []
+    first = next(flow.windows(Order.OLDEST_FIRST, shard), None)
+    last = next(flow.windows(Order.NEWEST_FIRST, shard), None)
+    for word, window in (("first", first), ("last", last)):
+        if window is not None and (word == "first" or window != first):
+            lines.append(
+                f"{word} window: {window.start} .. {window.end} "
+                f"({flow.show(window.start)} .. {flow.show(window.end)})"
+            )
+    lines.extend(f"note: {note}" for note in flow.clipped())
+    return lines

@@ -40,11 +40,21 @@ from pydantic_settings import (
 from yarl import URL
 
 from .auth import DEFAULT_SCOPES, IMS_URL
+from .calendar import Align, Calendar, check_zone
 from .client import PRODUCTION_URL
 from .engine import OnFailure, RetryMode
 from .errors import ConfigError
 from .limits import Rate
-from .planner import FlowPlan, Order, Plan, Shard, format_time, parse_duration, parse_time
+from .planner import (
+    FlowPlan,
+    Order,
+    Plan,
+    Shard,
+    format_time,
+    parse_duration,
+    parse_time,
+    parse_window,
+)
 
 __all__ = ["FlowConfig", "Settings", "load_settings"]
 
@@ -97,6 +107,13 @@ class FlowConfig(BaseModel):
     end: TimeOption = None
     window: str | int | None = None
     delta_column: str | None = None
+    timezone: str | None = None
+    align: Align | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_shape(cls, value: str | None) -> str | None:
+        return None if value is None else check_zone(value)
 
 
 _config_data: ContextVar[dict[str, Any] | None] = ContextVar("backfill_config_data", default=None)
@@ -140,6 +157,8 @@ class Settings(BaseSettings):
     end: TimeOption = None
     window: str | int | None = None
     delta_column: str | None = None
+    timezone: str = "UTC"
+    align: Align | None = None  # default: calendar for calendar sizes, start for fixed ones
     flows: list[FlowConfig] = Field(default_factory=list)
 
     # How
@@ -210,6 +229,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_shape(cls, value: str) -> str:
+        return check_zone(value)
 
     @field_validator("org_id")
     @classmethod
@@ -353,12 +377,9 @@ class Settings(BaseSettings):
                 _check_flow_id(flow.id)
             except ValueError as exc:
                 raise ConfigError(name("id"), str(exc)) from None
-        values: dict[str, int] = {}
-        for field, parse in (
-            ("start", parse_time),
-            ("end", parse_time),
-            ("window", parse_duration),
-        ):
+        zone = flow.timezone or self.timezone
+        values: dict[str, Any] = {}
+        for field in ("start", "end", "window"):
             raw = getattr(flow, field)
             if raw is None:
                 raw = getattr(self, field)
@@ -366,7 +387,7 @@ class Settings(BaseSettings):
                 example = {"start": "2024-01-01", "end": "2025-01-01", "window": "1d"}[field]
                 raise ConfigError(name(field), f"missing; give e.g. {example}")
             try:
-                values[field] = parse(raw)
+                values[field] = parse_window(raw) if field == "window" else parse_time(raw, zone)
             except ValueError as exc:
                 raise ConfigError(name(field), str(exc)) from None
         start, end = values["start"], values["end"]
@@ -384,7 +405,16 @@ class Settings(BaseSettings):
             )
         if flow.delta_column is not None and not flow.delta_column.strip():
             raise ConfigError(name("delta_column"), "is empty; give the column's name or omit it")
-        return FlowPlan.single(flow.id, start, end, values["window"], flow.delta_column)
+        size, align = values["window"], flow.align or self.align
+        if isinstance(size, tuple):
+            size = Calendar(size[0], size[1], zone, align or Align.CALENDAR)
+        elif align is Align.CALENDAR:
+            raise ConfigError(
+                name("align"),
+                "calendar needs a calendar window size (1d, 1w, 1mo, 1q, 1y); a fixed size "
+                "such as 6h or 24h is cut from the range's start: drop the option or use 1d",
+            )
+        return FlowPlan.single(flow.id, start, end, size, flow.delta_column, zone)
 
     def require_credentials(self) -> None:
         """The API options a command that talks to the service cannot do without."""
