@@ -542,7 +542,7 @@ class FlowPlan:
 def _spell(size: int | Calendar) -> str:
     if isinstance(size, Calendar):
         return size.describe()
-    return f"{format_window(size)} (fixed)"
+    return format_window(size)
 
 
 def _cuts_forward(grid: Grid, segment: Segment) -> Iterator[tuple[int, int]]:

@@ -130,9 +130,27 @@ async def test_plan_json_prints_one_object_per_window(tmp_path: Path) -> None:
     )
     assert result.code == 0, result.stderr
     assert result.json_lines() == [
-        {"flow_id": FLOW_FILE, "start": START, "end": START + DAY},
-        {"flow_id": FLOW_FILE, "start": START + DAY, "end": START + 2 * DAY},
-        {"flow_id": FLOW_FILE, "start": START + 2 * DAY, "end": START + 2 * DAY + DAY // 2},
+        {
+            "flow_id": FLOW_FILE,
+            "start": START,
+            "end": START + DAY,
+            "start_time": "2024-01-01T00:00:00Z",
+            "end_time": "2024-01-02T00:00:00Z",
+        },
+        {
+            "flow_id": FLOW_FILE,
+            "start": START + DAY,
+            "end": START + 2 * DAY,
+            "start_time": "2024-01-02T00:00:00Z",
+            "end_time": "2024-01-03T00:00:00Z",
+        },
+        {
+            "flow_id": FLOW_FILE,
+            "start": START + 2 * DAY,
+            "end": START + 2 * DAY + DAY // 2,
+            "start_time": "2024-01-03T00:00:00Z",
+            "end_time": "2024-01-03T12:00:00Z",
+        },
     ]
 
 

@@ -171,7 +171,7 @@ _BAD_INPUTS: list[tuple[str, list[str], dict[str, str], str | None, str]] = [
     ("end fractional", ["--end", "2024-02-01T00:00:00.5"], {}, None, "--end"),
     ("window zero", ["--window", "0d"], {}, None, "--window"),
     ("window negative", ["--window", "-1d"], {}, None, "--window"),
-    ("window unit", ["--window", "1y"], {}, None, "--window"),
+    ("window unit", ["--window", "1yr"], {}, None, "--window"),
     ("window words", ["--window", "daily"], {}, None, "--window"),
     ("flow id shape", ["--flow-id", "not-a-uuid"], {}, None, "--flow-id"),
     ("rate unit", ["--rate", "10/sec2"], {}, None, "--rate"),

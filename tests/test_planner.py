@@ -495,7 +495,7 @@ def test_changes_that_drop_or_move_windows_are_refused(requested: Plan, words: s
 @pytest.mark.parametrize(
     ("requested", "words"),
     [
-        (_plan(window=2 * DAY), f"flow {FLOW}: window 1d recorded, 2d requested"),
+        (_plan(window=2 * DAY), f"flow {FLOW}: window 24h recorded, 48h requested"),
         (_plan(delta="modified_at"), "delta column 'updated_at' recorded, 'modified_at' requested"),
         (_plan(flow_id=OTHER), f"flow {FLOW} is recorded but no longer planned"),
         (_plan(end=START + 20 * DAY), "2024-01-21T00:00:00Z requested"),
