@@ -1,0 +1,213 @@
+"""Calendar windows through the real CLI and the emulator: interrupted, resumed, exactly once."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import orjson
+
+from backfill.calendar import local
+from backfill.planner import Plan
+
+from .harness import (
+    FLOW_FILE,
+    FLOW_TABLE,
+    assert_exactly_once,
+    cli_env,
+    emulator,
+    finish,
+    interrupt,
+    run_cli,
+    start_cli,
+    wait_for_runs,
+)
+
+MADRID = "Europe/Madrid"
+NEW_YORK = "America/New_York"
+
+
+def _config(tmp_path: Path) -> Path:
+    """Two years of Madrid days and ten years of New York months, zones set both ways."""
+    config = tmp_path / "calendar.toml"
+    config.write_text(
+        f"""
+checkpoint = "ck.jsonl"
+rate = "150/s"
+concurrency = 8
+timezone = "{MADRID}"
+window = "1d"
+start = 2023-01-01
+end = "2025-01-01"
+
+[[flows]]
+id = "{FLOW_FILE}"
+
+[[flows]]
+id = "{FLOW_TABLE}"
+delta_column = "DOB"
+timezone = "{NEW_YORK}"
+window = "1mo"
+start = "2015-01-01"
+"""
+    )
+    return config
+
+
+async def _planned(config: Path, tmp_path: Path) -> dict[str, list[tuple[int, int]]]:
+    result = await run_cli(["plan", "--config", str(config), "--json"], cli_env(None), tmp_path)
+    assert result.code == 0, result.stderr
+    windows: dict[str, list[tuple[int, int]]] = {FLOW_FILE: [], FLOW_TABLE: []}
+    for line in result.json_lines():
+        windows[line["flow_id"]].append((line["start"], line["end"]))
+    return windows
+
+
+def _midnight(seconds: int, zone: str) -> bool:
+    moment = local(seconds, zone)
+    return (moment.hour, moment.minute, moment.second) == (0, 0, 0)
+
+
+async def test_calendar_windows_interrupted_and_resumed_run_exactly_once(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    planned = await _planned(config, tmp_path)
+    days, months = planned[FLOW_FILE], planned[FLOW_TABLE]
+    assert len(days) == 731
+    assert len(months) == 120
+    # Madrid's days are 23, 24 and 25 hours long; New York's months start at -05:00 or -04:00.
+    assert {end - start for start, end in days} == {82800, 86400, 90000}
+
+    args = ["run", "--config", str(config)]
+    async with emulator(latency=0.02, seed=16) as emu:
+        env = cli_env(emu)
+        process = await start_cli(args, env, tmp_path)
+        await wait_for_runs(emu, 150)
+        interrupt(process, signal.SIGINT)
+        stopped = await finish(process)
+        assert stopped.code == 130, stopped.stderr
+        after_sigint = len(emu.stats()["runs"])
+        assert after_sigint < len(days) + len(months), "the interruption left work to resume"
+
+        process = await start_cli(args, env, tmp_path)
+        await wait_for_runs(emu, after_sigint + 150)
+        process.kill()  # kill -9: requests in flight are left in doubt
+        await process.wait()
+
+        resumed = await run_cli(args, env, tmp_path)
+        stats = emu.stats()
+    assert resumed.code == 0, resumed.stderr
+
+    assert_exactly_once(stats, FLOW_FILE, days)
+    assert_exactly_once(stats, FLOW_TABLE, months)
+    runs = stats["runs"]
+    # Judged by what the service received: every window begins and ends at a local midnight.
+    for run in runs:
+        zone = MADRID if run["flow_id"] == FLOW_FILE else NEW_YORK
+        assert _midnight(run["window_start"], zone), run
+        assert _midnight(run["window_end"], zone), run
+    month_starts = {
+        local(r["window_start"], NEW_YORK).day for r in runs if r["flow_id"] == FLOW_TABLE
+    }
+    assert month_starts == {1}
+    assert len([r for r in runs if r["delta_column"] is not None]) == 1
+
+
+async def test_a_checkpoint_from_a_zone_database_that_moves_boundaries_is_refused(
+    tmp_path: Path,
+) -> None:
+    args = [
+        "run",
+        "--flow-id",
+        FLOW_FILE,
+        "--timezone",
+        MADRID,
+        "--window",
+        "1mo",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-07-01",
+        "--checkpoint",
+        "ck.jsonl",
+    ]
+    async with emulator() as emu:
+        env = cli_env(emu)
+        first = await run_cli(args, env, tmp_path)
+        assert first.code == 0, first.stderr
+        checkpoint = tmp_path / "ck.jsonl"
+        lines = checkpoint.read_bytes().splitlines()
+        header = orjson.loads(lines[0])
+        assert header["plan"]["flows"][0]["zone"] == MADRID
+        assert header["plan"]["flows"][0]["align"] == "calendar"
+        # As if an older tzdata with other rules for Madrid had cut these windows.
+        header["plan"]["flows"][0]["tzdata"] = "2000a"
+        header["plan"]["flows"][0]["boundaries"] = "f" * 16
+        header["fingerprint"] = Plan.from_json(header["plan"]).fingerprint()
+        checkpoint.write_bytes(b"\n".join([orjson.dumps(header), *lines[1:]]) + b"\n")
+        before = checkpoint.read_bytes()
+
+        refused = await run_cli(args, env, tmp_path)
+        runs = len(emu.stats()["runs"])
+    assert refused.code == 3
+    assert "2000a recorded" in refused.stderr
+    assert "moves window boundaries in Europe/Madrid" in refused.stderr
+    assert "tzdata==2000.1" in refused.stderr
+    assert runs == 6, "nothing was sent"
+    assert checkpoint.read_bytes() == before
+
+
+async def test_a_bad_zone_names_its_source_and_the_fix(tmp_path: Path) -> None:
+    flow = ["--flow-id", FLOW_FILE, "--start", "2024-01-01", "--end", "2024-02-01"]
+    flag = await run_cli(
+        ["plan", *flow, "--window", "1d", "--timezone", "Europe/Madird"], cli_env(None), tmp_path
+    )
+    env = await run_cli(
+        ["plan", *flow, "--window", "1d"], cli_env(None, BACKFILL_TIMEZONE="Mars/Olympus"), tmp_path
+    )
+    config = tmp_path / "zones.toml"
+    config.write_text(
+        f'window = "1d"\nstart = "2024-01-01"\nend = "2024-02-01"\n'
+        f'[[flows]]\nid = "{FLOW_FILE}"\ntimezone = "America/NewYork"\n'
+    )
+    table = await run_cli(["plan", "--config", str(config)], cli_env(None), tmp_path)
+    fixed = await run_cli(
+        ["plan", *flow, "--window", "6h", "--align", "calendar"], cli_env(None), tmp_path
+    )
+
+    for result, source, fix in (
+        (flag, "--timezone", "did you mean Europe/Madrid?"),
+        (env, "BACKFILL_TIMEZONE", "give an IANA name such as Europe/Madrid"),
+        (table, "flows.0.timezone", "did you mean America/New_York?"),
+        (fixed, "--align", "needs a calendar window size"),
+    ):
+        assert result.code == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert source in result.stderr
+        assert fix in result.stderr
+
+
+async def test_plan_shows_unix_and_local_times_and_says_what_is_clipped(tmp_path: Path) -> None:
+    result = await run_cli(
+        [
+            "plan",
+            "--flow-id",
+            FLOW_FILE,
+            "--timezone",
+            MADRID,
+            "--window",
+            "1w",
+            "--start",
+            "2024-03-27",
+            "--end",
+            "2024-04-10T12:00:00",
+        ],
+        cli_env(None),
+        tmp_path,
+    )
+    assert result.code == 0, result.stderr
+    out = result.stdout
+    assert "every 1w in Europe/Madrid, cut on calendar boundaries: 3 windows" in out
+    assert "first window: 1711494000 .. 1711922400" in out
+    assert "(2024-03-27T00:00:00+01:00 .. 2024-04-01T00:00:00+02:00)" in out
+    assert "the first window starts at 2024-03-27T00:00:00+01:00, after the 1w boundary" in out
+    assert "the last window ends at 2024-04-10T12:00:00+02:00, before the 1w boundary" in out
