@@ -130,6 +130,11 @@ def _plausible(seconds: int, text: str) -> int:
             f"{text} looks like milliseconds, not unix seconds; divide it by 1000 "
             f"({seconds // 1000}) or give an ISO date"
         )
+    if not EARLIEST <= seconds < LATEST and not _DIGITS.match(text):
+        raise ValueError(
+            f"{text} ({format_time(seconds)}) is outside the times backfill plans: from "
+            f"{format_time(EARLIEST)} to before {format_time(LATEST)}"
+        )
     if not EARLIEST <= seconds < LATEST:
         raise ValueError(
             f"{text} is not a plausible unix time in seconds ({format_time(seconds)}); "
