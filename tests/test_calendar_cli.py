@@ -111,6 +111,17 @@ async def test_calendar_windows_interrupted_and_resumed_run_exactly_once(tmp_pat
     assert month_starts == {1}
     assert len([r for r in runs if r["delta_column"] is not None]) == 1
 
+    status = await run_cli(["status", "--checkpoint", "ck.jsonl"], cli_env(None), tmp_path)
+    assert status.code == 0, status.stderr
+    assert "every 1d in Europe/Madrid, cut on calendar boundaries" in status.stdout
+    assert "every 1mo in America/New_York" in status.stdout
+    document = await run_cli(
+        ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path
+    )
+    recorded = orjson.loads(document.stdout)["windows"]
+    assert sorted((w["start"], w["end"]) for w in recorded) == sorted(days + months)
+    assert {w["state"] for w in recorded} == {"submitted"}
+
 
 async def test_a_checkpoint_from_a_zone_database_that_moves_boundaries_is_refused(
     tmp_path: Path,
