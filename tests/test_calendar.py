@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ from backfill.planner import (
     Plan,
     Segment,
     Shard,
+    Window,
     parse_time,
     parse_window,
 )
+from backfill.settings import load_settings
 
 FLOW = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 HOUR = 3600
@@ -215,17 +218,45 @@ def _boundary_at(seconds: int, zone_name: str, unit: Unit, n: int) -> bool:
     return any(index % n == 0 for index in range(before + 1, after + 1))
 
 
+def zone_skipped_a_day(zone_name: str, window: Window) -> bool:
+    """Whether a local date is missing around the window (a zone that crossed the date line)."""
+    dates = {_wall(t, zone_name).date() for t in range(window.start - DAY, window.end + DAY, HOUR)}
+    first, last = min(dates), max(dates)
+    return len(dates) < (last - first).days + 1
+
+
 _UNIT_SPAN = {Unit.DAY: 400, Unit.WEEK: 120, Unit.MONTH: 60, Unit.QUARTER: 24, Unit.YEAR: 12}
+
+
+# Moments where a zone's clocks did something unusual: plans are drawn around them half the time.
+EVENTS = [
+    ("Pacific/Apia", "2011-12-30T10:00:00Z"),  # skipped Friday 30 December 2011
+    ("Pacific/Kiritimati", "1995-01-01T10:00:00Z"),  # skipped 31 December 1994
+    ("Europe/Madrid", "2024-03-31T01:00:00Z"),
+    ("Europe/Madrid", "2024-10-27T01:00:00Z"),
+    ("America/Havana", "2024-03-10T05:00:00Z"),  # midnight skipped: the day starts at 01:00
+    ("America/Santiago", "2024-09-08T04:00:00Z"),
+    ("Australia/Lord_Howe", "2024-04-06T15:00:00Z"),  # 30-minute DST
+    ("Pacific/Chatham", "2024-04-06T14:00:00Z"),
+    ("America/St_Johns", "2024-11-03T04:30:00Z"),
+    ("Antarctica/Troll", "2024-03-31T01:00:00Z"),  # 2-hour DST
+    ("Asia/Kathmandu", "1990-06-01T00:00:00Z"),
+]
 
 
 @st.composite
 def calendar_plans(draw: st.DrawFn) -> FlowPlan:
-    zone_name = draw(st.sampled_from(SPECIAL) | st.sampled_from(ALL_ZONES))
     unit = draw(st.sampled_from(list(Unit)))
     n = draw(st.integers(1, 3))
     align = draw(st.sampled_from(list(Align)))
     span = _UNIT_SPAN[unit] * LONG[unit]
-    start = draw(st.integers(EARLIEST, 4_000_000_000))
+    if draw(st.booleans()):
+        zone_name, moment = draw(st.sampled_from(EVENTS))
+        around = parse_time(moment)
+        start = draw(st.integers(max(EARLIEST, around - 3 * LONG[unit] * n), around))
+    else:
+        zone_name = draw(st.sampled_from(SPECIAL) | st.sampled_from(ALL_ZONES))
+        start = draw(st.integers(EARLIEST, 4_000_000_000))
     cuts = sorted(draw(st.lists(st.integers(1, span), min_size=1, max_size=3, unique=True)))
     edges = [start, *(start + c for c in cuts)]
     segments = tuple(Segment(a, b) for a, b in itertools.pairwise(edges))
@@ -269,12 +300,14 @@ def test_calendar_windows_are_contiguous_cover_exactly_and_start_on_boundaries(
                 assert _boundary_at(window.start, calendar.zone, calendar.unit, calendar.n)
             if window.end not in segment_ends:
                 assert _boundary_at(window.end, calendar.zone, calendar.unit, calendar.n)
-        # A whole window spans n units of the local calendar (n + 1 where the zone skipped one).
+        # A whole window spans n units of the local calendar; one more or one fewer where the
+        # zone skipped a unit (Apia's 2011-12-30) inside it or at its start.
         if window.start not in segment_starts and window.end not in segment_ends:
             span = unit_index(_wall(window.end, calendar.zone), calendar.unit) - unit_index(
                 _wall(window.start, calendar.zone), calendar.unit
             )
-            assert calendar.n <= span <= calendar.n + 1
+            assert calendar.n - 1 <= span <= calendar.n + 1
+            assert span == calendar.n or zone_skipped_a_day(plan.zone, window)
         if window.start + 1 not in starts:
             assert plan.window_at(window.start + 1) is None
 
@@ -361,3 +394,45 @@ async def test_another_zone_database_resumes_only_if_no_boundary_moves(
         assert "tzdata==2000.1" in message
         assert info.value.exit_code == 3
     assert path.read_bytes() == before, "a refused checkpoint is never touched"
+
+
+# ----------------------------------------------------------------------- settings
+
+
+def _settings_plan(flags: dict[str, Any], config: Path | None = None) -> Plan:
+    return load_settings(flags, config).plan(now=1_800_000_000)
+
+
+def test_zone_and_alignment_come_from_flags_environment_and_each_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("BACKFILL_"):
+            monkeypatch.delenv(name)
+    flags = {"flow_id": FLOW, "start": "2024-03-30", "end": "2024-04-02", "window": "1d"}
+
+    monkeypatch.setenv("BACKFILL_TIMEZONE", "Europe/Madrid")
+    madrid = _settings_plan(flags).flows[0]
+    assert [w.end - w.start for w in madrid.windows()] == [86400, 82800, 86400]
+
+    tokyo = _settings_plan({**flags, "timezone": "Asia/Tokyo"}).flows[0]
+    assert tokyo.start == parse_time("2024-03-30T00:00:00+09:00"), "the flag beats the variable"
+
+    monkeypatch.setenv("BACKFILL_ALIGN", "start")
+    started = _settings_plan({**flags, "start": "2024-03-30T06:00:00"}).flows[0]
+    assert started.calendar == Calendar(1, Unit.DAY, "Europe/Madrid", Align.START)
+    monkeypatch.delenv("BACKFILL_ALIGN")
+    monkeypatch.delenv("BACKFILL_TIMEZONE")
+
+    config = tmp_path / "zones.toml"
+    config.write_text(
+        'timezone = "Europe/Madrid"\nwindow = "1mo"\nstart = 2024-01-01\nend = "2025-01-01"\n'
+        f'[[flows]]\nid = "{FLOW}"\n'
+        '[[flows]]\nid = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"\ntimezone = "America/New_York"\n'
+    )
+    first, second = _settings_plan({}, config).flows
+    assert first.zone == "Europe/Madrid"
+    assert second.zone == "America/New_York"
+    assert first.start == parse_time("2024-01-01T00:00:00+01:00")
+    assert second.start == parse_time("2024-01-01T00:00:00-05:00")
+    assert first.count() == second.count() == 12
