@@ -137,6 +137,19 @@ def _run_flags(parser: argparse.ArgumentParser, *, plan: bool) -> None:
     _flag(how, "order", "oldest-first (default) or newest-first", metavar="ORDER")
     _flag(
         how,
+        "max-retries",
+        "retries of a failing request, listing, poll or token fetch before exit 75 (default 10)",
+        metavar="N",
+    )
+    _flag(how, "backoff-max", "longest wait between two retries (default 30)", metavar="S")
+    _flag(
+        how,
+        "max-retry-after",
+        "a longer Retry-After ends the run with exit 75 (default 900)",
+        metavar="S",
+    )
+    _flag(
+        how,
         "grace",
         "seconds in-flight requests get after SIGTERM/SIGINT (default 20)",
         metavar="S",
@@ -240,7 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackfillError as exc:
         configure("auto", "info")
         _fail(str(exc), exc.exit_code)
-    json_lines = configure(settings.log_format, settings.log_level)
+    # With --json, stdout carries the JSON document alone: log lines go to stderr.
+    document = command in ("plan", "status") and bool(namespace.get("json"))
+    json_lines = configure(
+        settings.log_format, settings.log_level, stream=sys.stderr if document else None
+    )
     try:
         return int(_dispatch(command, settings, namespace, checkpoints, json_lines))
     except BackfillError as exc:

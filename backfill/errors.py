@@ -8,7 +8,9 @@ BackfillError
  |    +-- CheckpointCorrupt .... a line in the middle does not parse, or the header is wrong
  |    +-- PlanMismatch ......... it was written for another plan
  +-- CheckpointWriteError ...... it cannot be written: disk full, read-only (exit 74)
- +-- ApiUnavailable ............ retryable errors went on past every retry (exit 75)
+ +-- ApiUnavailable ............ retryable errors went on past every retry, or the service
+ |                                asked for a pause longer than --max-retry-after (exit 75)
+ +-- RequestNotSent ............ the backfill stopped before this request got its permit
  +-- ApiError .................. the Flow Service (or IMS) answered with an error
       +-- RetryableError ....... worth sending again: 429, 5xx, connection errors, timeouts
       |    +-- RateLimited ..... 429: nothing was done; the whole pool pauses
@@ -16,6 +18,8 @@ BackfillError
       |    +-- TransportError .. no HTTP answer at all
       +-- PermanentError ....... any other 4xx: sending it again cannot help (exit 2)
            +-- AuthError ....... 401/403: the credentials are wrong or the token expired
+           +-- NotFlowService .. first contact: TLS to plain http, a host that does not
+                                 resolve, an answer that is not Flow Service's (exit 2)
 
 Each API error carries the request it concerns (method and path, never headers) and, where
 there is one, the window or run; ``in_doubt`` says whether the service may have acted on a
@@ -204,3 +208,20 @@ class ApiUnavailable(BackfillError):
     """Retryable errors did not stop; the checkpoint is durable and the run resumable."""
 
     exit_code = ExitCode.API_UNAVAILABLE
+
+
+class NotFlowService(PermanentError):
+    """The base URL does not lead to Flow Service: a configuration error, not an outage."""
+
+
+class RequestNotSent(BackfillError):
+    """The backfill stopped while this request waited for its rate permit: it was never sent.
+
+    The engine catches it; a window whose request raised it goes back to where it was.
+    """
+
+    exit_code = ExitCode.API_UNAVAILABLE
+
+    def __init__(self, request: str) -> None:
+        super().__init__(f"{request}: not sent, the backfill is stopping")
+        self.request = request

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,9 +29,10 @@ from .client import ApiIdentity, FlowServiceClient
 from .engine import Engine, EngineOptions, Outcome
 from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
 from .journal import Journal
-from .limits import Backoff, RateLimiter
+from .limits import Backoff, RateLimiter, real_sleep
 from .logs import register_secret
-from .planner import Plan, format_time
+from .permits import Permits
+from .planner import Plan, Shard, format_time
 from .report import (
     Snapshot,
     plan_summary,
@@ -38,6 +41,7 @@ from .report import (
     status_document,
     write_report,
 )
+from .retry import retrying
 from .settings import Settings
 from .state import WindowState
 
@@ -96,7 +100,12 @@ async def run_command(
     settings.require_credentials()
     _register_secrets(settings)
     requested = None if from_checkpoint else settings.plan(now=time.time())
+    if requested is not None:
+        settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
     path = settings.checkpoint_path(existing=from_checkpoint)
+    # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
+    # as it was: it is tried before the checkpoint is created or changed.
+    _check_port(settings.metrics_port)
     journal = Journal.open(path, requested, extend=settings.extend)
     try:
         _log_opened(journal)
@@ -113,14 +122,18 @@ async def _run(
     loop = asyncio.get_running_loop()
     plan = journal.plan
     rate = settings.effective_rate(plan.shard.count)  # a retried checkpoint knows its shard
-    options = _engine_options(settings, retry_failed=retry_failed)
+    options = _engine_options(settings, retry_failed=retry_failed, shard=plan.shard)
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
-        client = FlowServiceClient(session, settings.base_url, _identity(settings), tokens)
         limiter = RateLimiter(rate)
-        engine = Engine(journal, client, limiter, options)
+        permits = Permits(limiter)
+        client = FlowServiceClient(
+            session, settings.base_url, _identity(settings), tokens, permits.take
+        )
+        engine = Engine(journal, client, limiter, options, permits=permits)
         metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
-        await tokens.token()  # bad credentials fail here, before anything is sent
+        # Bad credentials fail here, before anything is sent; an IMS outage is retried.
+        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
         log.info(
             "backfill_started",
             windows=plan.count(),
@@ -220,13 +233,17 @@ async def status_command(
             try:
                 async with _session(settings) as session:
                     tokens = _tokens(settings, session)
-                    client = FlowServiceClient(
-                        session, settings.base_url, _identity(settings), tokens
-                    )
                     # Follow every unfinished run for one poll, as --wait would.
-                    options = replace(_engine_options(settings, retry_failed=False), wait=True)
+                    options = replace(
+                        _engine_options(settings, retry_failed=False, shard=journal.plan.shard),
+                        wait=True,
+                    )
                     limiter = RateLimiter(settings.effective_rate(journal.plan.shard.count))
-                    engine = Engine(journal, client, limiter, options)
+                    permits = Permits(limiter)
+                    client = FlowServiceClient(
+                        session, settings.base_url, _identity(settings), tokens, permits.take
+                    )
+                    engine = Engine(journal, client, limiter, options, permits=permits)
                     await engine.refresh()
             finally:
                 await journal.close()
@@ -336,12 +353,12 @@ def _register_secrets(settings: Settings) -> None:
             register_secret(secret.get_secret_value())
 
 
-def _engine_options(settings: Settings, *, retry_failed: bool) -> EngineOptions:
+def _engine_options(settings: Settings, *, retry_failed: bool, shard: Shard) -> EngineOptions:
     return EngineOptions(
         concurrency=settings.concurrency,
         order=settings.order,
         wait=settings.wait,
-        max_active_runs=settings.max_active_runs,
+        max_active_runs=settings.effective_max_active_runs(shard),
         max_attempts=settings.max_attempts,
         retry_mode=settings.retry_mode,
         on_failure=settings.on_failure,
@@ -349,7 +366,8 @@ def _engine_options(settings: Settings, *, retry_failed: bool) -> EngineOptions:
         poll_interval=settings.poll_interval,
         poll_max_interval=max(settings.poll_interval, 120.0),
         reconcile_delay=settings.reconcile_delay,
-        backoff=Backoff(),
+        backoff=Backoff(cap=settings.backoff_max, max_retries=settings.max_retries),
+        max_retry_after=settings.max_retry_after,
     )
 
 
@@ -379,9 +397,32 @@ def _metrics(
         shard=str(plan.shard),
     )
     if settings.metrics_port is not None:
-        port = metrics.serve(settings.metrics_port)
+        try:
+            port = metrics.serve(settings.metrics_port)
+        except OSError as exc:  # taken since it was checked
+            raise _port_taken(settings.metrics_port, exc) from None
         log.info("metrics_serving", port=port)
     return metrics
+
+
+def _check_port(port: int | None) -> None:
+    """Bind the metrics port once (and let it go): exit 2 now if something else holds it."""
+    if port is None or port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - where the server will listen
+        except OSError as exc:
+            raise _port_taken(port, exc) from None
+
+
+def _port_taken(port: int, exc: OSError) -> ConfigError:
+    return ConfigError(
+        "metrics_port",
+        f"port {port} cannot be bound ({exc.strerror or exc}): another process probably holds "
+        "it; choose another --metrics-port",
+    )
 
 
 def _snapshot(

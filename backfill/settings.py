@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     poll_interval: Seconds = 10.0
     reconcile_delay: float = Field(2.0, ge=0)
 
+    # Failures
+    max_retries: int = Field(10, ge=0, le=1000)
+    backoff_max: Seconds = 30.0
+    max_retry_after: Seconds = 900.0
+
     # Stopping
     grace: float = Field(20.0, ge=0)
 
@@ -336,6 +341,24 @@ class Settings(BaseSettings):
         if self.rate_per_shard is not None:
             return self.rate_per_shard
         return self.rate.divided(shards if shards is not None else self.shard_spec().count)
+
+    def effective_max_active_runs(self, shard: Shard) -> int | None:
+        """This shard's share of ``max_active_runs``, which holds per flow across all shards.
+
+        The cap is split as evenly as whole runs allow (the first ``cap % N`` shards get one
+        more), so the shares add up to the cap; a cap below the shard count would leave a
+        shard nothing, and is refused.
+        """
+        cap = self.max_active_runs
+        if cap is None or shard.count == 1:
+            return cap
+        if cap < shard.count:
+            raise ConfigError(
+                "max_active_runs",
+                f"{cap} is fewer than the {shard.count} shards; the cap holds per flow across "
+                f"all shards and each shard needs at least one: set it to {shard.count} or more",
+            )
+        return cap // shard.count + (1 if shard.index < cap % shard.count else 0)
 
     def plan(self, *, now: float) -> Plan:
         """The plan the options describe; times past ``now`` are refused."""

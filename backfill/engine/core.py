@@ -11,6 +11,7 @@ import asyncio
 from backfill.client import RunsApi
 from backfill.journal import Journal
 from backfill.limits import Clock, RateLimiter, Sleep, monotonic, real_sleep
+from backfill.permits import Permits
 
 from .board import Board, Gate
 from .control import Control
@@ -34,18 +35,21 @@ class Engine:
         limiter: RateLimiter,
         options: EngineOptions,
         *,
+        permits: Permits | None = None,
         clock: Clock = monotonic,
         sleep: Sleep = real_sleep,
     ) -> None:
+        """``permits``: the ones the client takes before each send (of ``limiter``)."""
         self._clock = clock
         self._options = options
         self.stats = Stats()
         self._board = board = Board(journal, options, self.stats)
-        self._control = control = Control(board, limiter, options, self.stats, sleep)
-        lister = Lister(client, limiter, self.stats, options.page_size)
+        permits = permits if permits is not None else Permits(limiter)
+        self._control = control = Control(board, permits, options, self.stats, sleep)
+        lister = Lister(client, self.stats, options.page_size)
         self._monitor = Monitor(board, control, lister, options)
         self._reconciler = Reconciler(board, control, lister, self._monitor, options)
-        self._submitter = Submitter(board, control, client, limiter, options)
+        self._submitter = Submitter(board, control, client, options)
         self._dispatcher = Dispatcher(board, control, lister, options)
         self.started = 0.0
 

@@ -4,7 +4,8 @@
     succeeded: slot freed; failed: re-run (re-trigger or new run) until attempts run out,
     then failed for good
 
-Polls back off while nothing changes. It may touch: the board's tracked runs, slots and
+Polls back off while nothing changes; polls that keep failing draw on the retry budget, then
+stop the run (exit 75). It may touch: the board's tracked runs, slots and
 re-runs; the journal (status records of tracked windows); the lister; the control (giving a
 window up, errors, naps).
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 import structlog
 
 from backfill.client import RunInfo
-from backfill.errors import ApiError, RetryableError
+from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
 from backfill.planner import Window
+from backfill.retry import Retries
 from backfill.state import RunStatus, WindowState
 
 from .board import Board, Flow, window_fields
@@ -38,6 +40,7 @@ class Monitor:
         self._control = control
         self._lister = lister
         self._options = options
+        self._retries = Retries(options.backoff)
         self.unknown_statuses: set[str] = set()
 
     async def loop(self) -> None:
@@ -73,13 +76,23 @@ class Monitor:
                         window = flow.tracked.get(run.run_id)
                         if window is not None:
                             changed |= self.observe(flow, window, run)
+                except RequestNotSent:
+                    return changed  # stopping
                 except RetryableError as exc:
-                    log.warning("poll_failed", flow=flow.plan.flow_id, error=str(exc))
-                    await control.nap(control.backoff(exc, 1))
+                    try:
+                        retry = self._retries.failed(exc)
+                    except ApiUnavailable as spent:
+                        control.fail(spent)
+                        return changed
+                    log.warning(
+                        "poll_failed", flow=flow.plan.flow_id, error=str(exc), retries=retry
+                    )
+                    await control.nap(control.backoff(exc, retry))
                     return changed
                 except ApiError as exc:
                     control.fail(exc)
                     return changed
+        self._retries.succeeded()
         return changed
 
     def observe(self, flow: Flow, window: Window, run: RunInfo) -> bool:

@@ -48,6 +48,8 @@ class EngineOptions:
     reconcile_margin: float = 900.0
     page_size: int = 100
     backoff: Backoff = field(default_factory=Backoff)
+    # A Retry-After longer than this ends the run (exit 75) rather than pause it.
+    max_retry_after: float = 900.0
     seed: int | None = None
 
     @property

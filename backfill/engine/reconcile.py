@@ -4,7 +4,8 @@
     listing per flow -> adopt the run whose window matches, or send the window again when the
     service has none
 
-A window in doubt is never sent again blindly: the service may hold a run for it.
+A window in doubt is never sent again blindly: the service may hold a run for it. Listings
+that keep failing draw on the retry budget (backoff with jitter), then stop the run (exit 75).
 
 It may touch: the board's doubts, slots and re-runs; the journal (its windows' records); the
 lister; the monitor, to record what an adopted run's status already says.
@@ -15,8 +16,16 @@ from __future__ import annotations
 import structlog
 
 from backfill.client import RunInfo
-from backfill.errors import ApiError, AuthError, PermanentError, RetryableError
+from backfill.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    PermanentError,
+    RequestNotSent,
+    RetryableError,
+)
 from backfill.planner import Window
+from backfill.retry import Retries
 from backfill.state import RunStatus, WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -48,6 +57,7 @@ class Reconciler:
         self._lister = lister
         self._monitor = monitor
         self._options = options
+        self._retries = Retries(options.backoff)
 
     async def loop(self) -> None:
         """Settle doubts as they come, until the engine closes."""
@@ -75,15 +85,23 @@ class Reconciler:
             for flow_id, jobs in batch.items():
                 try:
                     runs = await self._runs_for(flow_id, jobs)
-                except RetryableError as exc:
+                except (RetryableError, RequestNotSent) as exc:
                     for window, job in jobs.items():
                         board.doubt.setdefault(flow_id, {})[window] = job
-                    log.warning("reconcile_retry", flow=flow_id, error=str(exc))
-                    await control.nap(control.backoff(exc, 1) or self._options.reconcile_delay)
+                    if isinstance(exc, RequestNotSent):
+                        continue  # stopping: the doubts stay on disk for the next run
+                    try:
+                        retry = self._retries.failed(exc)
+                    except ApiUnavailable as spent:
+                        control.fail(spent)
+                        continue
+                    log.warning("reconcile_retry", flow=flow_id, error=str(exc), retries=retry)
+                    await control.nap(control.backoff(exc, retry))
                     continue
                 except ApiError as exc:
                     control.fail(exc)
                     return
+                self._retries.succeeded()
                 board.stats.reconciliations += 1
                 for job in jobs.values():
                     await self._settle(job, runs)

@@ -1,15 +1,16 @@
 """Submission: one window's request, from its durable intent to its recorded run id.
 
-    journal "submitting" (durable) -> rate permit -> POST /runs (or re-trigger)
-        -> journal "submitted" (durable)
+    journal "submitting" (durable) -> POST /runs (or re-trigger; the client takes the rate
+        permit right before the send) -> journal "submitted" (durable)
     answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
+    stopped before the permit (RequestNotSent) -> back to where it was: never in doubt
 
-The permit comes last, once the intent is on disk: how long an fsync takes varies, and it must
-not sit between the permit and the send, or requests would reach a sliding-window server
-closer together than the rate.
+The permit comes last, once the intent is on disk and the token in hand: how long an fsync or
+a token renewal takes varies, and it must not sit between the permit and the send, or
+requests would reach a sliding-window server closer together than the rate.
 
 It may touch: the journal (its window's records), the client's create/re-trigger calls, the
-limiter, the board (its flow's slot, the doubts, the accepted run) and the control (errors).
+board (its flow's slot, the doubts, the accepted run) and the control (errors, backoff).
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ from __future__ import annotations
 import structlog
 
 from backfill.client import CreatedRun, RunsApi
-from backfill.errors import ApiUnavailable, AuthError, PermanentError, RateLimited, RetryableError
-from backfill.limits import RateLimiter
+from backfill.errors import (
+    ApiUnavailable,
+    AuthError,
+    PermanentError,
+    RateLimited,
+    RequestNotSent,
+    RetryableError,
+)
 from backfill.state import WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -38,13 +45,11 @@ class Submitter:
         board: Board,
         control: Control,
         client: RunsApi,
-        limiter: RateLimiter,
         options: EngineOptions,
     ) -> None:
         self._board = board
         self._control = control
         self._client = client
-        self._limiter = limiter
         self._options = options
 
     async def work(self, job: Job) -> None:
@@ -73,14 +78,14 @@ class Submitter:
         )
         retries = throttled = 0
         while True:
-            await self._limiter.acquire()
-            if control.halted:
-                await journal.record(window, before, attempt=job.attempt - 1)
-                board.release(flow)
-                return True
             try:
                 created = await self._send(job)
                 break
+            except RequestNotSent:
+                # Stopped before its permit: never sent, so not in doubt.
+                await journal.record(window, before, attempt=job.attempt - 1)
+                board.release(flow)
+                return True
             except RetryableError as exc:
                 if exc.in_doubt:
                     board.to_doubt(job, exc)
@@ -96,7 +101,7 @@ class Submitter:
                     board.release(flow)
                     return True
                 board.stats.request_retries += 1
-                log.debug(
+                (log.debug if isinstance(exc, RateLimited) else log.warning)(
                     "request_retry",
                     **window_fields(window),
                     attempt=job.attempt,
@@ -104,7 +109,7 @@ class Submitter:
                     retries=retries,
                     throttled=throttled,
                 )
-                await control.sleep(control.backoff(exc, retries + throttled))
+                await control.nap(control.backoff(exc, retries + throttled))
             except PermanentError as exc:
                 await journal.record(window, before, attempt=job.attempt - 1)
                 board.release(flow)
