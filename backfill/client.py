@@ -51,6 +51,11 @@ __all__ = [
 
 PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
 
+# A request answered 401 renews the token and is sent again, each time with a new token, at
+# most this many times: a token revoked twice in a row is renewed, one refused as soon as it
+# is issued (wrong credentials, scopes or product profile) stops the run.
+_MAX_RENEWALS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class ApiIdentity:
@@ -245,18 +250,34 @@ class FlowServiceClient:
         self._headers_for = (token, headers)
         return headers
 
-    async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
-        renewed = False
+    async def _ready(self, what: str, *, acts: bool) -> dict[str, str]:
+        """The headers (a valid token) and then the rate permit, right before the send.
+
+        A token renewal never happens between the permit and the send; if the token went stale
+        while the request waited for its permit, it is renewed and another permit is taken.
+        """
+        headers = await self._headers()
         while True:
-            headers = await self._headers()
-            await self._permit(what, acts=method != "GET")
+            await self._permit(what, acts=acts)
+            current = await self._headers()  # returns at once while the token is valid
+            if current is headers:
+                return headers
+            headers = current
+
+    async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
+        refused: set[str] = set()  # tokens the service answered 401 to, for this request
+        while True:
+            headers = await self._ready(what, acts=method != "GET")
             status, raw, response_headers = await self._exchange(method, url, what, headers, body)
             if not self.confirmed:
                 self._first_contact(method, what, url, status, raw, response_headers)
-            if status == 401 and not renewed:
-                # The token expired under us: renew it once (every worker shares the renewal).
-                await self._tokens.renew(headers["Authorization"].removeprefix("Bearer "))
-                renewed = True
+            token = headers["Authorization"].removeprefix("Bearer ")
+            if status == 401 and token not in refused and len(refused) < _MAX_RENEWALS:
+                # The token expired (or was revoked) under us: renew it (every worker shares
+                # the renewal) and send again, with a permit of its own. A fresh token refused
+                # again means the credentials are wrong, not stale.
+                refused.add(token)
+                await self._tokens.renew(token)
                 continue
             if 200 <= status < 300:
                 try:

@@ -97,7 +97,7 @@ class Submitter:
                 if retries > self._options.backoff.max_retries or control.stopping:
                     await journal.record(window, before, attempt=job.attempt - 1)
                     if not control.stopping:
-                        control.fail(ApiUnavailable(f"{exc}; gave up after {retries} retries"))
+                        control.fail(ApiUnavailable(f"{exc}; gave up after {retries - 1} retries"))
                     board.release(flow)
                     return True
                 board.stats.request_retries += 1
