@@ -110,6 +110,10 @@ class Submitter:
                     throttled=throttled,
                 )
                 await control.nap(control.backoff(exc, retries + throttled))
+                if control.stopping:  # a stop (or a Retry-After too long) came meanwhile
+                    await journal.record(window, before, attempt=job.attempt - 1)
+                    board.release(flow)
+                    return True
             except PermanentError as exc:
                 await journal.record(window, before, attempt=job.attempt - 1)
                 board.release(flow)
