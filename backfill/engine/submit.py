@@ -110,7 +110,7 @@ class Submitter:
                     throttled=throttled,
                 )
                 await control.nap(control.backoff(exc, retries + throttled))
-                if control.stopping:  # a stop (or a Retry-After too long) came meanwhile
+                if control.halted:  # a stop (or a Retry-After too long) came meanwhile
                     await journal.record(window, before, attempt=job.attempt - 1)
                     board.release(flow)
                     return True
