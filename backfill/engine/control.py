@@ -28,6 +28,8 @@ __all__ = ["Control"]
 
 log = structlog.get_logger("backfill.engine")
 
+_LOUD_PAUSE = 10.0  # seconds: a longer pause or backoff is logged at warning
+
 
 class Control:
     """Why (and whether) the engine is stopping, and how long a part waits."""
@@ -98,6 +100,14 @@ class Control:
         if throttled:
             self._pause(delay, exc, asked=False)
             return 0.0
+        if delay > _LOUD_PAUSE:
+            log.warning(
+                "backing_off",
+                reason=f"{exc.request}: {exc.detail}",
+                retry=retries,
+                seconds=round(delay, 1),
+                until=format_time(int(time.time() + delay)),
+            )
         return delay
 
     def _pause(self, seconds: float, exc: RetryableError, *, asked: bool) -> None:
@@ -114,7 +124,7 @@ class Control:
             )
             return
         until = time.time() + seconds
-        if seconds > 10 and until > self._paused_until + 1:
+        if seconds > _LOUD_PAUSE and until > self._paused_until + 1:
             self._paused_until = until
             log.warning(
                 "pausing_requests",
