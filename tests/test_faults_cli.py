@@ -187,6 +187,26 @@ async def test_nothing_listening_is_retried_then_75_naming_the_url_and_base_url(
     assert "gave up after 2 retries" in result.stderr
 
 
+async def test_an_unreachable_token_endpoint_is_retried_then_75_naming_it(
+    tmp_path: Path,
+) -> None:
+    ims = f"http://127.0.0.1:{_closed_port()}/ims/token/v3"
+    async with emulator() as emu:
+        env = cli_env(
+            emu,
+            BACKFILL_CLIENT_ID="backfill-test",
+            BACKFILL_CLIENT_SECRET="s3cret-value",
+            BACKFILL_IMS_URL=ims,
+        )
+        del env["BACKFILL_ACCESS_TOKEN"]
+        result = await run_cli(hourly_run(FLOW_FILE, 3, *FAST_BUDGET), env, tmp_path, deadline=60.0)
+        stats = emu.stats()
+    assert result.code == 75, result.stderr
+    assert ims in result.stderr
+    assert "gave up after 2 retries" in result.stderr
+    assert stats["requests"]["total"] == 0  # nothing is sent without a token
+
+
 async def test_https_to_a_plain_http_server_is_exit_2_at_once(tmp_path: Path) -> None:
     async with emulator() as emu:
         base = emu.base_url.replace("http://", "https://")
