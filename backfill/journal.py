@@ -41,7 +41,7 @@ from .errors import (
 from .planner import Plan, Window
 from .state import BY_VALUE, MOVES, IllegalTransition, WindowState, check_transition
 
-__all__ = ["Entry", "Journal", "Replay"]
+__all__ = ["Entry", "Journal", "Replay", "lock_holder"]
 
 FORMAT = 1
 KIND = "backfill-checkpoint"
@@ -737,3 +737,37 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def lock_holder(path: Path) -> int | None:
+    """The process that holds the checkpoint's lock now, if one does (without touching it).
+
+    Read from the kernel's table of locks (``/proc/locks``), so that looking never takes the
+    lock, even for a moment; elsewhere, from the pid the holder wrote, if that process lives.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        info = lock_path.stat()
+        pid_text = lock_path.read_text().strip()
+    except OSError:
+        return None
+    written = int(pid_text) if pid_text.isdigit() else None
+    identity = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        if written is None:
+            return None
+        try:
+            os.kill(written, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return written
+        return written
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a blocked waiter adds "->")
+        if len(fields) >= 6 and fields[1] != "->" and fields[5] == identity:
+            return written if written is not None else int(fields[4])
+    return None
