@@ -3,7 +3,7 @@
 backfill plan     [--config F] [--flow-id ID --start T --end T --window D] [--json]
 backfill run      [--config F] [--flow-id ...] [--delta-column NAME] [options]
 backfill retry    --checkpoint PATH [options]
-backfill status   --checkpoint PATH [--json] [--refresh]
+backfill status   --checkpoint PATH [--json] [--refresh] [--html FILE]
 backfill emulator [--host 127.0.0.1] [--port 8080] [faults]
 """
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(status, "json", "one JSON document", action="store_true")
     _flag(status, "refresh", "ask the service for unfinished runs first", action="store_true")
+    _flag(status, "html", "write a self-contained coverage page (HTML) here", metavar="FILE")
     _flag(status, "base-url", "Flow Service base URL", metavar="URL")
     _flag(status, "log-format", "auto, json or console", metavar="FMT")
     _flag(status, "log-level", "debug, info, warning or error", metavar="LEVEL")
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = {"command", "json", "refresh", "config_file", "retry_failed"}
+_NOT_SETTINGS = {"command", "json", "refresh", "html", "config_file", "retry_failed"}
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -282,6 +283,7 @@ def _dispatch(
                 find_checkpoints(settings, checkpoints),
                 as_json=bool(namespace.get("json")),
                 refresh=bool(namespace.get("refresh")),
+                html=namespace.get("html"),
             )
         )
     live = not json_lines and sys.stderr.isatty()

@@ -34,11 +34,23 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from .errors import ConfigError
 from .journal import Entry, Journal, lock_holder
 from .planner import FlowPlan, format_duration, format_time
 from .state import WindowState
 
-__all__ = ["STYLES", "LivePage", "StateStyle", "page_data", "render", "write_page"]
+__all__ = [
+    "STYLES",
+    "Layout",
+    "LivePage",
+    "StateStyle",
+    "check_page_path",
+    "choose_layout",
+    "lay_out",
+    "page_data",
+    "render",
+    "write_page",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +221,7 @@ def _error_text(entry: Entry | None) -> str | None:
     if entry is None or not entry.errors:
         return None
     parts = [
-        f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
-        for error in entry.errors
+        f"{error.get('code', '')}: {error.get('message', '')}".strip(": ") for error in entry.errors
     ]
     return "\n".join(parts) or None
 
@@ -279,7 +290,7 @@ def _flow_document(
             unknown += 1
         errors.append(_error_text(entry))
 
-    rows = _rows(starts, layout, zone)
+    rows = lay_out(starts, layout, zone)
     cols = max([layout.cols, *(row[1][-1][0] + 1 for row in rows if row[1])])
     if layout.unit == "window":  # as many columns as the rows use
         cols = max([1, *(row[1][-1][0] + 1 for row in rows if row[1])])
@@ -305,7 +316,7 @@ def _flow_document(
     }
 
 
-def _rows(starts: list[int], layout: Layout, zone: ZoneInfo) -> list[list[Any]]:
+def lay_out(starts: list[int], layout: Layout, zone: ZoneInfo) -> list[list[Any]]:
     """Rows as ``[label, [[column, first window, windows], ...]]``, windows in start order.
 
     Windows are sorted, so a cell's windows are consecutive and a row's cells too: row and
@@ -480,6 +491,24 @@ def render(data: dict[str, Any]) -> str:
     )
 
 
+def check_page_path(path: str) -> None:
+    """Refuse, before anything is read, a page that could not be written there."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ConfigError(
+            "--html", f"{path} is a folder; name the file to write, e.g. {target / 'coverage.html'}"
+        )
+    if not folder.is_dir():
+        raise ConfigError(
+            "--html", f"the folder {folder} does not exist; create it or write elsewhere"
+        )
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(
+            "--html", f"the folder {folder} is not writable; write the page elsewhere"
+        )
+
+
 def write_page(path: Path, journals: list[Journal]) -> dict[str, Any]:
     """Write the page for ``journals`` to ``path`` (whole or not at all); return its data."""
     data = page_data(journals)
@@ -487,9 +516,9 @@ def write_page(path: Path, journals: list[Journal]) -> dict[str, Any]:
     try:
         tmp.write_text(render(data), encoding="utf-8")
         tmp.replace(path)
-    except BaseException:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        raise ConfigError("--html", f"cannot write {path} ({exc.strerror or exc})") from None
     return data
 
 

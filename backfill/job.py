@@ -26,6 +26,7 @@ import structlog
 
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
+from .coverage import LivePage, check_page_path, write_page
 from .engine import Engine, EngineOptions, Outcome
 from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
 from .journal import Journal
@@ -221,10 +222,18 @@ def _install_signals(
 
 
 async def status_command(
-    settings: Settings, paths: list[Path], *, as_json: bool, refresh: bool, out: Any = None
+    settings: Settings,
+    paths: list[Path],
+    *,
+    as_json: bool,
+    refresh: bool,
+    html: str | None = None,
+    out: Any = None,
 ) -> ExitCode:
     """Show one or several (shard) checkpoints; ``refresh`` asks the service first."""
     out = out or sys.stdout
+    if html is not None:
+        check_page_path(html)
     if refresh:
         settings.require_credentials()
         _register_secrets(settings)
@@ -248,6 +257,10 @@ async def status_command(
             finally:
                 await journal.close()
     journals = [Journal.open(path, None, readonly=True) for path in paths]
+    if html is not None:
+        data = write_page(Path(html), journals)
+        out.write(f"{html}: coverage of {data['windows']:,} windows; open it in a browser\n")
+        return ExitCode.OK
     if as_json:
         sink = out.buffer if hasattr(out, "buffer") else None
         for chunk in status_document(journals):
@@ -397,8 +410,9 @@ def _metrics(
         shard=str(plan.shard),
     )
     if settings.metrics_port is not None:
+        live = LivePage([journal], asyncio.get_running_loop())
         try:
-            port = metrics.serve(settings.metrics_port)
+            port = metrics.serve(settings.metrics_port, pages=live.pages())
         except OSError as exc:  # taken since it was checked
             raise _port_taken(settings.metrics_port, exc) from None
         log.info("metrics_serving", port=port)

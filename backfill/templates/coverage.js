@@ -162,6 +162,7 @@
   function flowSection(flow, f) {
     var section = el("section", "flow");
     section.dataset.flow = String(f);
+    section.dataset.id = flow.id;
     section.appendChild(el("h2", null, flow.id));
     section.appendChild(el("p", "meta", flow.range + " \u00b7 " + n(flow.windows) + " windows" +
       (flow.zone !== "UTC" ? " \u00b7 zone " + flow.zone : " \u00b7 UTC") + " \u00b7 " + flow.describe));
@@ -180,6 +181,7 @@
         node.style.gridColumn = String(cell[0] + 1);
         node.dataset.at = r + ":" + c;
         node.dataset.n = String(cell[2]);
+        node.dataset.start = String(flow.s[cell[1]]);
         if (cell[2] === 1) {
           var code = flow.st[cell[1]], state = data.states[code];
           node.className = "c s" + code + (state.pattern ? " p-" + state.pattern : "");
