@@ -268,8 +268,11 @@ def _flow_document(
     errors: list[str | None] = []
     counts: dict[str, int] = {}
     recorded = known = unknown = 0
+    values = {state: state.value for state in WindowState}  # Enum's .value is slow
+    finished = {key for key, style in STYLES.items() if style.done}
+    pending = WindowState.PENDING.value
     for start, end, entry in windows:
-        state = entry.state.value if entry is not None else WindowState.PENDING.value
+        state = pending if entry is None else values.get(entry.state) or entry.state.value
         code = state_index.get(state)
         if code is None:
             code = state_index[state] = len(states)
@@ -286,7 +289,7 @@ def _flow_document(
         if count is not None:
             recorded += count
             known += 1
-        elif STYLES.get(state, _UNKNOWN).done:
+        elif state in finished:
             unknown += 1
         errors.append(_error_text(entry))
 

@@ -11,7 +11,16 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"emulator", "rate", "throughput", "planning", "journal", "monitoring", "scaling"}
+SCENARIOS = {
+    "emulator",
+    "rate",
+    "throughput",
+    "planning",
+    "journal",
+    "monitoring",
+    "scaling",
+    "coverage",
+}
 
 
 @pytest.mark.slow
