@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(status, "json", "one JSON document", action="store_true")
     _flag(status, "refresh", "ask the service for unfinished runs first", action="store_true")
-    _flag(status, "html", "write a self-contained coverage page (HTML) here", metavar="FILE")
+    _flag(status, "html", "write a self-contained coverage page (HTML) instead", metavar="FILE")
     _flag(status, "base-url", "Flow Service base URL", metavar="URL")
     _flag(status, "log-format", "auto, json or console", metavar="FMT")
     _flag(status, "log-level", "debug, info, warning or error", metavar="LEVEL")

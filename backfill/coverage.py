@@ -24,6 +24,7 @@ import html
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -154,8 +155,9 @@ class Layout:
     size: int = 0  # seconds, for unit == "window"
 
     def describe(self) -> str:
-        cell = f"one {format_duration(self.size)} window" if self.unit == "window" else self.unit
-        return f"rows are {self.row}s, each cell is {cell}"
+        if self.unit == "window":
+            return f"rows are {self.row}s, each cell is one {format_duration(self.size)} window"
+        return f"rows are {self.row}s, each cell is the windows of one {self.unit}"
 
 
 # Cell units, finest first: (unit, the longest window it holds, its row, cells per row).
@@ -556,15 +558,20 @@ class LivePage:
         self._refresh = max(self._min_refresh, round(20 * (self._clock() - started), 1))
         return data
 
-    async def _read_on_loop(self) -> dict[str, Any]:
-        return self._read()
-
     def data(self) -> dict[str, Any]:
         """The page's data now (at most ``refresh`` seconds old); safe from any thread."""
         if self._cached is not None and self._clock() - self._cached_at < self._refresh / 2:
             return self._cached
+        future: Future[dict[str, Any]] = Future()
+
+        def read() -> None:  # on the loop
+            try:
+                future.set_result(self._read())
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(exc)
+
         try:
-            future = asyncio.run_coroutine_threadsafe(self._read_on_loop(), self._loop)
+            self._loop.call_soon_threadsafe(read)
             data = future.result(timeout=60)
         except (RuntimeError, TimeoutError):
             if self._cached is None:  # the loop is gone before anyone asked: read it here

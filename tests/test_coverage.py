@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import os
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -22,9 +23,10 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from backfill.coverage import choose_layout, lay_out, page_data, render, write_page
+from backfill.coverage import LivePage, choose_layout, lay_out, page_data, render, write_page
 from backfill.journal import Entry, Journal, lock_holder
-from backfill.planner import FlowPlan, Plan, Window
+from backfill.metrics import Metrics, MetricsSource
+from backfill.planner import FlowPlan, Plan, Shard, Window
 from backfill.state import WindowState
 
 from .browser import Browser, Tab, launch
@@ -328,7 +330,7 @@ async def test_a_hundred_thousand_windows_aggregate_into_cells_that_carry_their_
     cells = await tab.js("document.querySelectorAll('main .c').length")
     assert 4_000 <= cells <= 4_200  # one cell per day of 11.4 years, 24 windows each
     meta = await tab.js("document.querySelector('section.flow .meta').textContent")
-    assert "each cell is day" in meta
+    assert "each cell is the windows of one day" in meta
     # A cell of many windows lists them; a click on one shows that window.
     await tab.click(".c.m-alert")
     items = await tab.js("document.querySelectorAll('#detail li').length")
@@ -497,3 +499,74 @@ async def test_a_page_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Pa
         assert "--html" in result.stderr
         assert problem in result.stderr
     assert path.read_bytes() == before
+
+
+async def test_a_shard_that_holds_no_window_of_a_flow_still_makes_a_page(tmp_path: Path) -> None:
+    flows = (
+        FlowPlan.single(FLOW_TABLE, START, START + 3600, 3600),  # one window: one shard has it
+        FlowPlan.single(FLOW_FILE, START, START + 3600 * 8, 3600),
+    )
+    journals = []
+    for index in range(4):
+        plan = Plan(flows, Shard(index, 4))
+        journal = Journal.open(tmp_path / f"ck-{index}.jsonl", plan, durable=False)
+        await journal.close()
+        journals.append(Journal.open(tmp_path / f"ck-{index}.jsonl", None, readonly=True))
+    alone = [page_data([journal]) for journal in journals]
+    assert sorted(doc["flows"][0]["windows"] for doc in alone) == [0, 0, 0, 1]
+    assert all(doc["flows"][1]["windows"] == 2 for doc in alone)
+    whole = page_data(journals)
+    assert [flow["windows"] for flow in whole["flows"]] == [1, 8]
+    assert whole["totals"] == {"pending": 9}
+    assert "<script>" in render(alone[0])
+
+
+async def test_the_live_page_reads_the_journal_on_its_loop_and_serves_it_beside_metrics(
+    tmp_path: Path,
+) -> None:
+    plan = Plan((FlowPlan.single(FLOW_TABLE, START, START + 3600 * 4, 3600),))
+    journal = Journal.open(tmp_path / "ck.jsonl", plan, durable=False)
+    now = [100.0]
+    live = LivePage([journal], asyncio.get_running_loop(), min_refresh=3.0, clock=lambda: now[0])
+    metrics = Metrics(
+        MetricsSource(
+            window_counts=journal.counts,
+            responses=dict,
+            submitted=int,
+            retries=int,
+            rate_limited=int,
+            rate_limit_wait=float,
+            token_renewals=int,
+        ),
+        shard="0/1",
+    )
+    port = metrics.serve(0, "127.0.0.1", pages=live.pages())
+
+    def get(path: str) -> tuple[str, bytes]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
+            return answer.headers["Content-Type"], answer.read()
+
+    try:
+        kind, body = await asyncio.to_thread(get, "/coverage.json")
+        assert kind == "application/json"
+        assert orjson.loads(body)["totals"] == {"pending": 4}
+        await journal.record(Window(FLOW_TABLE, START, START + 3600), WindowState.SUBMITTING)
+        # Within half the refresh interval every viewer gets the same reading ...
+        _, body = await asyncio.to_thread(get, "/coverage.json")
+        assert orjson.loads(body)["totals"] == {"pending": 4}
+        # ... and then a fresh one, read on the loop that owns the journal.
+        now[0] += 2.0
+        _, body = await asyncio.to_thread(get, "/coverage.json")
+        fresh = orjson.loads(body)
+        assert fresh["totals"] == {"pending": 3, "submitting": 1}
+        assert fresh["live"] is True
+        assert fresh["checkpoints"][0]["held_by"] == os.getpid()
+        kind, page = await asyncio.to_thread(get, "/")
+        assert kind.startswith("text/html")
+        assert b"connect-src 'self'" in page
+        assert b'"label":"in flight"' in page  # while it runs, "submitting" is in flight
+        kind, text = await asyncio.to_thread(get, "/metrics")
+        assert kind.startswith("text/plain")
+        assert b'backfill_windows{shard="0/1",state="submitting"} 1.0' in text
+    finally:
+        await journal.close()

@@ -285,6 +285,15 @@
     panel.appendChild(items);
   }
 
+  function tooltip(at) { // the browser's own tooltip: the cell's time and state(s)
+    var flow = data.flows[at[0]], cell = flow.rows[at[1]][1][at[2]];
+    var first = cell[1], last = first + cell[2] - 1;
+    var text = utc(flow.s[first]).slice(0, 16).replace("T", " ");
+    if (cell[2] === 1) return text + " UTC \u00b7 " + data.states[flow.st[first]].label;
+    var counts = mixOf(flow, first, cell[2]), parts = [];
+    data.states.forEach(function (state, code) { if (counts[code]) parts.push(n(counts[code]) + " " + state.label); });
+    return text + " \u2013 " + utc(flow.s[last] + flow.d[last]).slice(0, 16).replace("T", " ") + " UTC \u00b7 " + parts.join(", ");
+  }
   function locate(target) { // a cell element -> [flow index, row, cell]
     var section = target.closest("section.flow");
     if (!section || !target.dataset.at) return null;
@@ -340,8 +349,9 @@
   var app = doc.getElementById("app");
   app.addEventListener("mouseover", function (event) {
     var at = locate(event.target);
-    if (!at || pinned) return;
-    showCell(at[0], at[1], at[2]);
+    if (!at) return;
+    if (!event.target.title) event.target.title = tooltip(at);
+    if (!pinned) showCell(at[0], at[1], at[2]);
   });
   app.addEventListener("click", function (event) {
     var at = locate(event.target);
