@@ -354,10 +354,17 @@ async def test_states_and_record_counts_of_newer_checkpoints_plug_in(
     assert data["records"]["sum"] == sum(known)
     assert data["records"]["known"] == len(known)
     assert data["records"]["unknown"] > 0  # finished windows whose count is not recorded
+    # A plan with a time zone (calendar windows): its times are shown in it too.
+    flow["zone"] = "Europe/Madrid"
     page = tmp_path / "later.html"
     page.write_text(render(data))
     tab = await open_page(browser, page)
     assert await tab.js(CELL_COUNTS) == counts
+    await tab.click(f'.c[data-start="{START}"]')
+    panel = await tab.js("document.getElementById('detail').innerText")
+    assert "2024-01-01T00:00:00Z" in panel
+    assert "Europe/Madrid" in panel
+    assert "2024-01-01 01:00:00 GMT+1" in panel
     legend = await tab.js("document.querySelector('.overview .legend').innerText")
     assert "empty (no records)" in legend
     assert "partial" in legend
