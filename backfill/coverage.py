@@ -154,9 +154,12 @@ class Layout:
     cols: int
     size: int = 0  # seconds, for unit == "window"
 
-    def describe(self) -> str:
+    def describe(self, *, single: bool) -> str:
+        """For the reader; ``single``: no cell holds more than one window."""
         if self.unit == "window":
             return f"rows are {self.row}s, each cell is one {format_duration(self.size)} window"
+        if single:
+            return f"rows are {self.row}s, each cell is one window (a {self.unit})"
         return f"rows are {self.row}s, each cell is the windows of one {self.unit}"
 
 
@@ -213,12 +216,6 @@ def _records(entry: Entry | None) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _zone_name(flow: FlowPlan) -> str:
-    """The plan's time zone for this flow (UTC unless the plan names one)."""
-    name = getattr(flow, "timezone", None)  # plans with calendar windows carry a zone
-    return str(name) if name else "UTC"
-
-
 def _error_text(entry: Entry | None) -> str | None:
     if entry is None or not entry.errors:
         return None
@@ -252,7 +249,7 @@ def _flow_document(
     states: list[str],
     max_cells: int,
 ) -> dict[str, Any]:
-    zone_name = _zone_name(flow)
+    zone_name = flow.zone
     zone = ZoneInfo(zone_name)
     lengths = [end - start for start, end, _ in windows]
     whole = lengths[:-1] or lengths
@@ -306,7 +303,7 @@ def _flow_document(
         "zone": zone_name,
         "windows": len(windows),
         "layout": {"cell": layout.unit, "row": layout.row, "cols": cols},
-        "describe": layout.describe(),
+        "describe": layout.describe(single=all(cell[2] == 1 for row in rows for cell in row[1])),
         "axis": _axis(layout),
         "counts": counts,
         "records": {"sum": recorded, "known": known, "unknown": unknown},

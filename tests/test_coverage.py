@@ -256,6 +256,39 @@ async def test_shards_given_as_a_pattern_make_one_page_of_the_whole_plan(
     assert_offline(tab, page)
 
 
+async def test_calendar_days_in_a_time_zone_get_a_cell_each_and_their_local_times(
+    tmp_path: Path, browser: Browser
+) -> None:
+    async with emulator(fail_rate=0.2, seed=4) as emu:
+        days = ["--start", "2024-01-01", "--end", "2025-01-01", "--window", "1d"]
+        how = ["--checkpoint", "ck.jsonl", "--wait", "--max-attempts", "1", "--rate", "400/s"]
+        run = await run_cli(
+            ["run", "--flow-id", FLOW_TABLE, *days, "--timezone", "Europe/Madrid", *how],
+            cli_env(emu),
+            tmp_path,
+        )
+    assert run.code == 1, run.stderr
+    expected = checkpoint_counts(tmp_path / "ck.jsonl")
+    page = await status_html(tmp_path, "ck.jsonl")
+    tab = await open_page(browser, page)
+    assert await tab.js(CELL_COUNTS) == expected
+    # A row per month, a cell per local day: 23 and 25 hours long on the days the clocks change.
+    labels = await tab.js("[...document.querySelectorAll('.row .lab')].map(e => e.textContent)")
+    assert labels == [f"2024-{m:02d}" for m in range(1, 13)]
+    per_row = await tab.js(
+        "[...document.querySelectorAll('.row .cells')].map(e => e.children.length)"
+    )
+    assert per_row == [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    assert await tab.js("document.querySelectorAll('main .c.mix').length") == 0
+    spring = int(datetime(2024, 3, 31, tzinfo=ZoneInfo("Europe/Madrid")).timestamp())
+    await tab.click(f'.c[data-start="{spring}"]')
+    panel = await tab.js("document.getElementById('detail').innerText")
+    assert "2024-03-30T23:00:00Z" in panel
+    assert "2024-03-31 00:00:00 GMT+1 \u2013 2024-04-01 00:00:00 GMT+2" in panel
+    assert "23h" in panel
+    assert_offline(tab, page)
+
+
 # ---------------------------------------------------------------- many windows
 
 

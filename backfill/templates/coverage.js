@@ -28,12 +28,13 @@
       return f.format(new Date(s * 1000));
     } catch (e) { return null; }
   }
-  function duration(seconds) {
-    var units = [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]];
-    for (var i = 0; i < units.length; i++) {
-      if (seconds % units[i][1] === 0) return seconds / units[i][1] + units[i][0];
-    }
-    return seconds + "s";
+  function duration(seconds) { // 86400 -> "1d", 82800 -> "23h", 2674800 -> "30d 23h"
+    var parts = [], units = [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]];
+    units.forEach(function (unit) {
+      var k = Math.floor(seconds / unit[1]);
+      if (k) { parts.push(k + unit[0]); seconds -= k * unit[1]; }
+    });
+    return parts.join(" ") || "0s";
   }
   function swatch(code) {
     var state = data.states[code];
