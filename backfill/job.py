@@ -26,7 +26,6 @@ import structlog
 
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
-from .coverage import LivePage, check_page_path, write_page
 from .engine import Engine, EngineOptions, Outcome
 from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
 from .journal import Journal
@@ -233,6 +232,8 @@ async def status_command(
     """Show one or several (shard) checkpoints; ``refresh`` asks the service first."""
     out = out or sys.stdout
     if html is not None:
+        from .coverage import check_page_path  # noqa: PLC0415 - only when asked
+
         check_page_path(html)
     if refresh:
         settings.require_credentials()
@@ -258,6 +259,8 @@ async def status_command(
                 await journal.close()
     journals = [Journal.open(path, None, readonly=True) for path in paths]
     if html is not None:
+        from .coverage import write_page  # noqa: PLC0415 - only when asked
+
         data = write_page(Path(html), journals)
         out.write(f"{html}: coverage of {data['windows']:,} windows; open it in a browser\n")
         return ExitCode.OK
@@ -410,6 +413,8 @@ def _metrics(
         shard=str(plan.shard),
     )
     if settings.metrics_port is not None:
+        from .coverage import LivePage  # noqa: PLC0415 - only when asked
+
         live = LivePage([journal], asyncio.get_running_loop())
         try:
             port = metrics.serve(settings.metrics_port, pages=live.pages())
