@@ -23,6 +23,7 @@ import asyncio
 import html
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -251,10 +252,10 @@ def _flow_document(
 ) -> dict[str, Any]:
     zone_name = flow.zone
     zone = ZoneInfo(zone_name)
-    lengths = [end - start for start, end, _ in windows]
-    whole = lengths[:-1] or lengths
-    size = max(set(whole), key=whole.count) if len(set(whole)) > 1 else (whole[0] if whole else 1)
-    fixed = len(set(whole)) <= 1
+    lengths = Counter(end - start for start, end, _ in windows[1:-1] or windows)
+    # The first and the last window may be clipped; the others tell the plan's size.
+    size = lengths.most_common(1)[0][0] if lengths else 1
+    fixed = len(lengths) <= 1
     span = windows[-1][1] - windows[0][0] if windows else 0
     layout = choose_layout(size, fixed, span, len(windows), max_cells)
 
