@@ -24,8 +24,7 @@ import html
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -226,33 +225,80 @@ def _error_text(entry: Entry | None) -> str | None:
     return "\n".join(parts) or None
 
 
-_Windows = list[tuple[int, int, Entry | None]]  # (start, end, entry), sorted by start
+# One window as read: (start, end, state, attempts, run ids, records, last error).
+_Seen = tuple[int, int, str, int, tuple[str, ...], int | None, str | None]
+_VALUES = {state: state.value for state in WindowState}  # Enum's .value is slow
+_PENDING = WindowState.PENDING.value
+_CHUNK = 5_000  # windows read on a live backfill's loop before it gets a turn again
 
 
-def _gather(journals: Iterable[Journal]) -> dict[str, tuple[FlowPlan, _Windows]]:
-    """Every flow's windows, from every checkpoint (shard) that holds some of them."""
-    flows: dict[str, tuple[FlowPlan, _Windows]] = {}
+def _seen(start: int, end: int, entry: Entry | None) -> _Seen:
+    if entry is None:
+        return (start, end, _PENDING, 0, (), None, None)
+    state = _VALUES.get(entry.state) or entry.state.value
+    runs = entry.all_runs()
+    return (start, end, state, entry.attempt, runs, _records(entry), _error_text(entry))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """What the checkpoints held: every flow's windows, and each file's facts."""
+
+    flows: dict[str, tuple[FlowPlan, list[_Seen]]]
+    checkpoints: list[dict[str, Any]]
+
+
+def _reading(journals: list[Journal], *, live: bool) -> Generator[None, None, _Reading]:
+    """Read every window of every checkpoint (shard), pausing every ``_CHUNK`` windows."""
+    flows: dict[str, tuple[FlowPlan, list[_Seen]]] = {}
     for journal in journals:
-        plan = journal.plan
-        get = journal.get
+        for flow in journal.plan.flows:
+            flows.setdefault(flow.flow_id, (flow, []))
+    read = 0
+    for journal in journals:
+        plan, get = journal.plan, journal.get
         for flow in plan.flows:
-            _, windows = flows.setdefault(flow.flow_id, (flow, []))
-            windows.extend((w.start, w.end, get(w)) for w in flow.windows(shard=plan.shard))
-    for _, windows in flows.values():
-        windows.sort(key=lambda item: item[0])
-    return flows
+            seen = flows[flow.flow_id][1]
+            for window in flow.windows(shard=plan.shard):
+                seen.append(_seen(window.start, window.end, get(window)))
+                read += 1
+                if read % _CHUNK == 0:
+                    yield
+    checkpoints = [_checkpoint_document(journal, live=live) for journal in journals]
+    return _Reading(flows, checkpoints)
+
+
+def _read_now(journals: list[Journal], *, live: bool) -> _Reading:
+    reading = _reading(journals, live=live)
+    while True:
+        try:
+            next(reading)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def _read_on_loop(journals: list[Journal]) -> _Reading:
+    """The same, on the loop that owns the journals, letting it run between chunks."""
+    reading = _reading(journals, live=True)
+    while True:
+        try:
+            next(reading)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
 
 
 def _flow_document(
     flow: FlowPlan,
-    windows: _Windows,
+    windows: list[_Seen],
     state_index: dict[str, int],
     states: list[str],
     max_cells: int,
 ) -> dict[str, Any]:
     zone_name = flow.zone
     zone = ZoneInfo(zone_name)
-    lengths = Counter(end - start for start, end, _ in windows[1:-1] or windows)
+    windows.sort(key=lambda seen: seen[0])  # shards interleave
+    lengths = Counter(seen[1] - seen[0] for seen in windows[1:-1] or windows)
     # The first and the last window may be clipped; the others tell the plan's size.
     size = lengths.most_common(1)[0][0] if lengths else 1
     fixed = len(lengths) <= 1
@@ -268,11 +314,8 @@ def _flow_document(
     errors: list[str | None] = []
     counts: dict[str, int] = {}
     recorded = known = unknown = 0
-    values = {state: state.value for state in WindowState}  # Enum's .value is slow
     finished = {key for key, style in STYLES.items() if style.done}
-    pending = WindowState.PENDING.value
-    for start, end, entry in windows:
-        state = pending if entry is None else values.get(entry.state) or entry.state.value
+    for start, end, state, attempt, ids, count, error in windows:
         code = state_index.get(state)
         if code is None:
             code = state_index[state] = len(states)
@@ -281,17 +324,15 @@ def _flow_document(
         starts.append(start)
         durations.append(end - start)
         codes.append(code)
-        attempts.append(entry.attempt if entry is not None else 0)
-        ids = entry.all_runs() if entry is not None else ()
+        attempts.append(attempt)
         runs.append(list(ids) if ids else 0)
-        count = _records(entry)
         records.append(count)
         if count is not None:
             recorded += count
             known += 1
         elif state in finished:
             unknown += 1
-        errors.append(_error_text(entry))
+        errors.append(error)
 
     rows = lay_out(starts, layout, zone)
     cols = max([layout.cols, *(row[1][-1][0] + 1 for row in rows if row[1])])
@@ -429,11 +470,18 @@ def page_data(
     max_cells: int = _MAX_CELLS,
 ) -> dict[str, Any]:
     """Everything the page shows, as one JSON-ready document."""
+    reading = _read_now(journals, live=live)
+    return _document(reading, live=live, refresh=refresh, now=now, max_cells=max_cells)
+
+
+def _document(
+    reading: _Reading, *, live: bool, refresh: float, now: float | None, max_cells: int
+) -> dict[str, Any]:
     states = list(STYLES)
     state_index = {state: i for i, state in enumerate(states)}
     flows = [
         _flow_document(flow, windows, state_index, states, max_cells)
-        for flow, windows in _gather(journals).values()
+        for flow, windows in reading.flows.values()
     ]
     totals: dict[str, int] = {}
     for flow in flows:
@@ -463,7 +511,7 @@ def page_data(
             "known": sum(flow["records"]["known"] for flow in flows),
             "unknown": sum(flow["records"]["unknown"] for flow in flows),
         },
-        "checkpoints": [_checkpoint_document(journal, live=live) for journal in journals],
+        "checkpoints": reading.checkpoints,
         "flows": flows,
     }
 
@@ -528,10 +576,10 @@ def write_page(path: Path, journals: list[Journal]) -> dict[str, Any]:
 class LivePage:
     """The page of a running backfill, for the metrics server's threads.
 
-    The journal belongs to the event loop, so its windows are read there (one consistent
-    moment); rendering happens in the server's thread. Reading costs about a microsecond per
-    window, so the page asks again no sooner than twenty times that: a shard of a million
-    windows takes under 5 % of the loop however many people watch.
+    The journal belongs to the event loop, so its windows are read there, a few thousand at
+    a time with the loop's other work in between; the page is built in the server's thread.
+    It costs some microseconds per window, so the page asks again no sooner than twenty times
+    what the last reading took, and every viewer in between gets the same one.
     """
 
     def __init__(
@@ -550,31 +598,32 @@ class LivePage:
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
 
-    def _read(self) -> dict[str, Any]:
-        started = self._clock()
-        data = page_data(self._journals, live=True, refresh=self._refresh)
-        self._refresh = max(self._min_refresh, round(20 * (self._clock() - started), 1))
-        return data
+    def _read(self) -> _Reading | None:
+        """Read on the loop; None when the loop is gone (the run is over)."""
+        coroutine = _read_on_loop(self._journals)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop is closed: nothing touches the journals any more
+            coroutine.close()
+            return None
+        try:
+            return future.result(timeout=60)
+        except TimeoutError:  # a loop that no longer runs
+            future.cancel()
+            return None
 
     def data(self) -> dict[str, Any]:
         """The page's data now (at most ``refresh`` seconds old); safe from any thread."""
         if self._cached is not None and self._clock() - self._cached_at < self._refresh / 2:
             return self._cached
-        future: Future[dict[str, Any]] = Future()
-
-        def read() -> None:  # on the loop
-            try:
-                future.set_result(self._read())
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting thread
-                future.set_exception(exc)
-
-        try:
-            self._loop.call_soon_threadsafe(read)
-            data = future.result(timeout=60)
-        except (RuntimeError, TimeoutError):
-            if self._cached is None:  # the loop is gone before anyone asked: read it here
-                return self._read()
-            return self._cached  # the run is over: its last state stays on show
+        started = self._clock()
+        reading = self._read()
+        if reading is None:
+            if self._cached is not None:
+                return self._cached  # the run is over: its last state stays on show
+            reading = _read_now(self._journals, live=True)
+        data = _document(reading, live=True, refresh=self._refresh, now=None, max_cells=_MAX_CELLS)
+        self._refresh = max(self._min_refresh, round(20 * (self._clock() - started), 1))
         self._cached, self._cached_at = data, self._clock()
         return data
 

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from backfill import coverage
 from backfill.coverage import LivePage, choose_layout, lay_out, page_data, render, write_page
 from backfill.journal import Entry, Journal, lock_holder
 from backfill.metrics import Metrics, MetricsSource
@@ -610,3 +611,17 @@ async def test_the_live_page_reads_the_journal_on_its_loop_and_serves_it_beside_
         assert b'backfill_windows{shard="0/1",state="submitting"} 1.0' in text
     finally:
         await journal.close()
+
+
+async def test_a_live_reading_lets_the_backfill_run_between_chunks_of_windows(
+    tmp_path: Path,
+) -> None:
+    journal = await _big_checkpoint(tmp_path / "ck.jsonl", 20_000)
+    reading = asyncio.ensure_future(coverage._read_on_loop([journal]))
+    turns = 0
+    while not reading.done():  # the loop's other work, e.g. the engine's
+        turns += 1
+        await asyncio.sleep(0)
+    assert turns >= 20_000 // coverage._CHUNK
+    assert sum(len(seen) for _, seen in reading.result().flows.values()) == 20_000
+    await journal.close()
