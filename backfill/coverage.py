@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from .errors import ConfigError
-from .journal import Entry, Journal, lock_holder
+from .journal import Entry, Journal, holder
 from .planner import FlowPlan, format_duration, format_time
 from .state import WindowState
 
@@ -449,14 +449,15 @@ def _checkpoint_document(journal: Journal, *, live: bool) -> dict[str, Any]:
         written: str | None = format_time(int(path.stat().st_mtime))
     except OSError:
         written = None
-    holder = os.getpid() if live else lock_holder(path)
+    held = None if live else holder(path)
+    holder_pid = os.getpid() if live else (held.pid if held is not None else None)
     plan = journal.plan
     return {
         "path": str(path),
         "shard": None if plan.shard.whole else str(plan.shard),
         "windows": plan.count(),
         "written": written,
-        "held_by": holder,
+        "held_by": holder_pid,
         "counts": {state.value: n for state, n in journal.counts().items() if n},
     }
 

@@ -77,14 +77,16 @@ class CheckpointError(BackfillError):
 class CheckpointLocked(CheckpointError):
     """Another process holds the checkpoint's lock."""
 
-    def __init__(self, path: str, pid: int | None) -> None:
+    def __init__(self, path: str, pid: int | None, host: str | None = None) -> None:
         holder = f"process {pid}" if pid is not None else "another process"
+        holder += f" on {host}" if host else ""
         super().__init__(
             f"checkpoint {path} is in use by {holder}; "
             "wait for it to finish or stop it, then run the same command again"
         )
         self.path = path
         self.pid = pid
+        self.host = host
 
 
 class CheckpointMissing(CheckpointError):

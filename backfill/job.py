@@ -27,12 +27,13 @@ import structlog
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
 from .engine import Engine, EngineOptions, Outcome
-from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
-from .journal import Journal
+from .errors import BackfillError, CheckpointLocked, CheckpointMissing, ConfigError, ExitCode
+from .journal import Holder, Journal, holder
 from .limits import Backoff, RateLimiter, real_sleep
 from .logs import register_secret
 from .permits import Permits
 from .planner import Plan, Shard, format_time
+from .preview import Preview, preview
 from .report import (
     Snapshot,
     plan_summary,
@@ -43,12 +44,15 @@ from .report import (
 )
 from .retry import retrying
 from .settings import Settings
-from .state import WindowState
+from .state import LABELS, WindowState
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["plan_command", "run_command", "status_command"]
+__all__ = ["dry_run_command", "plan_command", "run_command", "status_command"]
+
+# More runs than this are confirmed on a terminal first (unless --yes).
+CONFIRM_ABOVE = 1000
 
 log = structlog.get_logger("backfill")
 
@@ -97,23 +101,214 @@ async def run_command(
     live: bool = False,
 ) -> ExitCode:
     """``run`` (and ``retry``): submit every window not yet accepted, resumably."""
+    settings.refuse_idle_options()
     settings.require_credentials()
     _register_secrets(settings)
-    requested = None if from_checkpoint else settings.plan(now=time.time())
+    requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
     if requested is not None:
         settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
     path = settings.checkpoint_path(existing=from_checkpoint)
     # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
     # as it was: it is tried before the checkpoint is created or changed.
     _check_port(settings.metrics_port)
+    if _may_ask(settings):
+        # Count on a read-only copy first: a "no" leaves no checkpoint behind.
+        ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
+        _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
     journal = Journal.open(path, requested, extend=settings.extend)
     try:
         _log_opened(journal)
+        _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
         return await _run(
             settings, journal, retry_failed=retry_failed, json_lines=json_lines, live=live
         )
     finally:
         await journal.close()
+
+
+def _requested_plan(settings: Settings, *, from_checkpoint: bool) -> Plan | None:
+    """The plan the options describe; ``retry`` without flows takes the checkpoint's."""
+    if from_checkpoint and settings.flow_id is None and not settings.flows:
+        return None
+    return settings.plan(now=time.time())
+
+
+def _preview(settings: Settings, journal: Journal, *, retry_failed: bool) -> Preview:
+    return preview(
+        journal,
+        order=settings.order,
+        max_attempts=settings.max_attempts,
+        retry_failed=retry_failed,
+        retry_mode=settings.retry_mode,
+    )
+
+
+def _may_ask(settings: Settings) -> bool:
+    """A question needs someone to answer it: a terminal on both ends, and no --yes."""
+    return not settings.yes and sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(settings: Settings, ahead: Preview) -> None:
+    if ahead.to_send <= CONFIRM_ABOVE:
+        return
+    sys.stderr.write(
+        f"This sends {ahead.to_send:,} runs ({ahead.new_runs:,} new) to organization "
+        f"{settings.org_id}, sandbox {settings.sandbox_name}, at {settings.base_url}. "
+        "Go ahead? [y/N] "
+    )
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise NotConfirmed
+
+
+class NotConfirmed(BackfillError):
+    """The user said no at the terminal: nothing was sent, no checkpoint written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "not confirmed: nothing was sent and no checkpoint written "
+            "(--yes, or BACKFILL_YES=true, answers yes)"
+        )
+
+
+def _log_starting(settings: Settings, journal: Journal, ahead: Preview) -> None:
+    """The first line of every run: where it sends, and how much."""
+    log.info(
+        "backfill_starting",
+        org=settings.org_id,
+        sandbox=settings.sandbox_name,
+        base_url=settings.base_url,
+        flows=[flow.flow_id for flow in journal.plan.flows],
+        shard=None if journal.plan.shard.whole else str(journal.plan.shard),
+        checkpoint=str(journal.path),
+        **ahead.totals(),
+    )
+
+
+async def dry_run_command(
+    settings: Settings,
+    *,
+    retry_failed: bool = False,
+    from_checkpoint: bool = False,
+    as_json: bool = False,
+    out: Any = None,
+) -> ExitCode:
+    """``run --dry-run``: every check of the real run, and its counts; nothing is sent.
+
+    Reads the checkpoint without locking or writing it, asks the service only read-only
+    questions (a token; whether each table-based flow has a run yet), under the rate.
+    Exit 0 when the real run would proceed; 2, with its reason, when it would refuse.
+    """
+    out = out or sys.stdout
+    try:
+        settings.refuse_idle_options()
+        settings.require_credentials()
+        _register_secrets(settings)
+        requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
+        path = settings.checkpoint_path(existing=from_checkpoint)
+        held = holder(path)
+        if held is not None:
+            raise CheckpointLocked(str(path), held.pid, held.host)
+        journal = Journal.open(path, requested, extend=settings.extend, readonly=True)
+        flows_with_runs = await _service_view(settings, journal)
+    except BackfillError as exc:
+        if exc.exit_code in (ExitCode.USAGE, ExitCode.CHECKPOINT_REFUSED):
+            raise WouldRefuse(exc) from None
+        raise
+    ahead = preview(
+        journal,
+        order=settings.order,
+        max_attempts=settings.max_attempts,
+        retry_failed=retry_failed,
+        retry_mode=settings.retry_mode,
+        flows_with_runs=flows_with_runs,
+    )
+    document = {
+        "dry_run": True,
+        "org": settings.org_id,
+        "sandbox": settings.sandbox_name,
+        "base_url": settings.base_url,
+        "checkpoint": str(journal.path),
+        "checkpoint_exists": journal.path.exists(),
+        "shard": str(journal.plan.shard),
+        "flows": [flow.as_dict() for flow in ahead.flows],
+        "totals": ahead.totals(),
+        "would_confirm": ahead.to_send > CONFIRM_ABOVE,
+    }
+    if as_json:
+        out.write(orjson.dumps(document).decode() + "\n")
+        return ExitCode.OK
+    _print_dry_run(out, document, ahead)
+    return ExitCode.OK
+
+
+class WouldRefuse(BackfillError):
+    """The dry run found what would make the real run refuse to start."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, cause: BackfillError) -> None:
+        super().__init__(f"the run would refuse (exit {int(cause.exit_code)}): {cause}")
+        self.cause = cause
+
+
+async def _service_view(settings: Settings, journal: Journal) -> dict[str, bool]:
+    """The read-only questions to the service: credentials, and which flows have a run.
+
+    Only flows with a delta column are asked (it goes with a flow's first run only), as the
+    real run does; one request each, under the rate limit.
+    """
+    rate = settings.effective_rate(journal.plan.shard.count)
+    limiter = RateLimiter(rate)
+    found: dict[str, bool] = {}
+    async with _session(settings) as session:
+        tokens = _tokens(settings, session)
+        client = FlowServiceClient(session, settings.base_url, _identity(settings), tokens)
+        await tokens.token()  # bad credentials fail here, as in the real run
+        for flow in journal.plan.flows:
+            if flow.delta_column is None:
+                continue
+            await limiter.acquire()
+            page = await client.list_runs(flow.flow_id, limit=1)
+            found[flow.flow_id] = bool(page.runs)
+    return found
+
+
+def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
+    out.write(
+        f"dry run: nothing is sent. Organization {document['org']}, sandbox "
+        f"{document['sandbox']}, {document['base_url']}\n"
+    )
+    exists = "" if document["checkpoint_exists"] else " (does not exist yet: it would be created)"
+    out.write(f"checkpoint {document['checkpoint']}{exists}\n")
+    for flow in ahead.flows:
+        out.write(
+            f"{flow.flow_id}: {flow.planned:,} windows planned, {flow.done:,} done in the "
+            f"checkpoint, {flow.to_send:,} to send ({flow.new_runs:,} new runs, "
+            f"{flow.retriggers:,} re-triggers)"
+        )
+        if flow.answer_lost:
+            out.write(f", {flow.answer_lost:,} with a lost answer to look up first")
+        out.write("\n")
+        if flow.first is not None and flow.last is not None:
+            out.write(
+                f"  first {format_time(flow.first.start)} .. {format_time(flow.first.end)}, "
+                f"last {format_time(flow.last.start)} .. {format_time(flow.last.end)}\n"
+            )
+        if flow.delta_column is not None:
+            sent = "sent with the first run" if flow.sends_delta_column else "not sent"
+            why = "" if flow.sends_delta_column else " (the flow already has a run)"
+            out.write(f"  delta column {flow.delta_column}: {sent}{why}\n")
+    totals = ahead.totals()
+    out.write(
+        f"in all: {totals['planned']:,} planned, {totals['done']:,} done, "
+        f"{totals['to_send']:,} to send\n"
+    )
+    if document["would_confirm"]:
+        out.write(
+            f"more than {CONFIRM_ABOVE:,} runs: on a terminal the run asks first (--yes skips)\n"
+        )
 
 
 async def _run(
@@ -228,6 +423,7 @@ async def status_command(
     refresh: bool,
     html: str | None = None,
     out: Any = None,
+    patterns: list[str] | None = None,
 ) -> ExitCode:
     """Show one or several (shard) checkpoints; ``refresh`` asks the service first."""
     out = out or sys.stdout
@@ -264,9 +460,25 @@ async def status_command(
         data = write_page(Path(html), journals)
         out.write(f"{html}: coverage of {data['windows']:,} windows; open it in a browser\n")
         return ExitCode.OK
+    holders = {journal.path: holder(journal.path) for journal in journals}
+    planned, missing = _shard_coverage(journals, patterns or [])
     if as_json:
+        extra = {
+            "planned": planned,
+            "checkpoints": [
+                {
+                    "path": str(journal.path),
+                    "shard": str(journal.plan.shard),
+                    "planned": journal.plan.count(),
+                    "counts": {s.value: n for s, n in journal.counts().items()},
+                    "held_by": _holder_dict(holders[journal.path]),
+                }
+                for journal in journals
+            ],
+            "missing_shards": [{"shard": i, "path": p} for i, p in missing],
+        }
         sink = out.buffer if hasattr(out, "buffer") else None
-        for chunk in status_document(journals):
+        for chunk in status_document(journals, extra):
             if sink is not None:
                 sink.write(chunk)
             else:
@@ -277,29 +489,89 @@ async def status_command(
         counts = journal.counts()
         for state, n in counts.items():
             totals[state] += n
-        plan = journal.plan
-        shard = "" if plan.shard.whole else f" (shard {plan.shard})"
-        out.write(f"{journal.path}{shard}: {_describe_counts(counts)}\n")
-        for flow in plan.flows:
-            out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-        doubt = [w for w, e in journal.items() if e.in_doubt]
-        for window in doubt[:20]:
-            out.write(
-                f"  in doubt: {window.flow_id} {format_time(window.start)} .. "
-                f"{format_time(window.end)} (answer lost; reconciled on the next run)\n"
-            )
-        if len(doubt) > 20:
-            out.write(f"  ... and {len(doubt) - 20} more in doubt\n")
-        failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
-        for window, entry in failed[:20]:
-            message = (entry.errors or [{}])[0].get("message", "")
-            out.write(
-                f"  failed: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
-                f"after {entry.attempt} attempt(s): {message}\n"
-            )
-    if len(journals) > 1:
-        out.write(f"all shards: {_describe_counts(totals)}\n")
+        _print_status(out, journal, counts, holders[journal.path])
+    if len(journals) > 1 or missing:
+        out.write(f"all shards: {planned:,} windows planned; {_describe_counts(totals)}\n")
+        for index, where in missing:
+            out.write(f"  shard {index}: no checkpoint at {where} (not started, or elsewhere)\n")
     return ExitCode.OK
+
+
+def _print_status(
+    out: Any, journal: Journal, counts: dict[WindowState, int], held: Holder | None
+) -> None:
+    plan = journal.plan
+    shard = "" if plan.shard.whole else f" (shard {plan.shard})"
+    out.write(
+        f"{journal.path}{shard}: {plan.count():,} windows planned; {_describe_counts(counts)}\n"
+    )
+    if held is not None:
+        where = "" if held.here else f" on {held.host}"
+        since = f" since {format_time(int(held.since))}" if held.since else ""
+        unsure = "" if held.alive() else " (another host: whether it still runs is not known)"
+        out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
+    for flow in plan.flows:
+        out.write(f"  {flow.flow_id}: {flow.describe()}\n")
+    sending = [w for w, e in journal.items() if e.state is WindowState.SUBMITTING]
+    label = LABELS[WindowState.SUBMITTING]
+    if held is not None:
+        # The holder is sending these now (or waits for its turn under the rate): not lost.
+        if sending:
+            out.write(f"  {len(sending):,} {label}: being sent by process {held.pid}\n")
+    else:
+        for window in sending[:20]:
+            out.write(
+                f"  {label}, answer lost: {window.flow_id} {format_time(window.start)} .. "
+                f"{format_time(window.end)} (looked up at the service on the next run)\n"
+            )
+        if len(sending) > 20:
+            out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost\n")
+    failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
+    for window, entry in failed[:20]:
+        reason = _reason(entry.errors)
+        what = (
+            f"failed, waiting for attempt {entry.attempt + 1}"
+            if entry.retrying
+            else f"failed for good after {entry.attempt} attempt(s)"
+        )
+        out.write(
+            f"  {what}: {window.flow_id} {format_time(window.start)} run {entry.run_id}: {reason}\n"
+        )
+    if len(failed) > 20:
+        out.write(f"  ... and {len(failed) - 20:,} more failed\n")
+
+
+def _reason(errors: list[dict[str, str]] | None) -> str:
+    for error in errors or []:
+        message = error.get("message") or error.get("code")
+        if message:
+            return message
+    return "the service gave no reason"
+
+
+def _holder_dict(held: Holder | None) -> dict[str, Any] | None:
+    if held is None:
+        return None
+    return {"pid": held.pid, "host": held.host, "since": held.since}
+
+
+def _shard_coverage(
+    journals: list[Journal], patterns: list[str]
+) -> tuple[int, list[tuple[int, str]]]:
+    """The whole plan's windows, and the shards no checkpoint was found for (with where)."""
+    plan = journals[0].plan
+    count = plan.shard.count
+    if count == 1:
+        return sum(j.plan.count() for j in journals), []
+    planned = Plan(plan.flows, Shard()).count()
+    found = {j.plan.shard.index for j in journals}
+    pattern = patterns[0] if patterns else str(journals[0].path)
+    missing = [
+        (i, str(Settings.shard_path(pattern, Shard(i, count))))
+        for i in range(count)
+        if i not in found
+    ]
+    return planned, missing
 
 
 def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
@@ -360,7 +632,9 @@ def _tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider
 
 def _identity(settings: Settings) -> ApiIdentity:
     settings.require_credentials()
-    return ApiIdentity(settings.api_key or "", settings.org_id or "", settings.sandbox_name)
+    # An OAuth credential's client id is its x-api-key: BACKFILL_API_KEY may be left out.
+    api_key = settings.api_key or settings.client_id or ""
+    return ApiIdentity(api_key, settings.org_id or "", settings.sandbox_name)
 
 
 def _register_secrets(settings: Settings) -> None:
@@ -519,8 +793,7 @@ def _counts_dict(journal: Journal) -> dict[str, int]:
 
 
 def _describe_counts(counts: dict[WindowState, int]) -> str:
-    labels = {WindowState.SUBMITTING: "in doubt"}
-    return ", ".join(f"{n:,} {labels.get(s, s.value)}" for s, n in counts.items() if n) or "empty"
+    return ", ".join(f"{n:,} {LABELS[s]}" for s, n in counts.items() if n) or "nothing recorded"
 
 
 def _log_opened(journal: Journal) -> None:

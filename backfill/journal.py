@@ -5,14 +5,17 @@ File format, one JSON object per line:
     {"kind": "backfill-checkpoint", "format": 1, "fingerprint": ..., "plan": {...}}   header
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitting", "a": 1, "ts": 1700000000}
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitted", "a": 1, "id": "<run id>"}
+    {"t": "w", "f": 0, "s": 1651584991, "st": "failed", "err": [...], "n": 1}   run failed
     {"t": "plan", "fingerprint": ..., "plan": {...}}                           --extend
     {"t": "snap", ...}                                                         compaction
 
 ``f`` indexes the plan's flows (an extension only appends flows, so indexes are stable) and
-``s`` is the window's start. Every record is applied to the in-memory index at once and
-written by a single flusher: workers that wait for durability share one ``fsync`` (group
-commit). A torn last line is dropped; a bad line anywhere else stops everything and the file
-is left exactly as it was. Compaction rewrites it atomically. Secrets never enter it.
+``s`` is the window's start; ``n`` on a failure says whether the window has an attempt left
+(1: it waits for its next attempt; 0: failed for good). Every record is applied to the
+in-memory index at once and written by a single flusher: workers that wait for durability
+share one ``fsync`` (group commit). A torn last line is dropped; a bad line anywhere else
+stops everything and the file is left exactly as it was. Compaction rewrites it
+atomically. Secrets never enter it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import fcntl
 import gc
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +45,7 @@ from .errors import (
 from .planner import Plan, Window
 from .state import BY_VALUE, MOVES, IllegalTransition, WindowState, check_transition
 
-__all__ = ["Entry", "Journal", "Replay", "lock_holder"]
+__all__ = ["Entry", "Holder", "Journal", "Replay", "holder"]
 
 FORMAT = 1
 KIND = "backfill-checkpoint"
@@ -57,7 +61,16 @@ log = structlog.get_logger("backfill.journal")
 class Entry:
     """What the journal knows of one window; absent from the index means pending."""
 
-    __slots__ = ("attempt", "errors", "old_runs", "retrigger", "run_id", "since", "state")
+    __slots__ = (
+        "attempt",
+        "errors",
+        "old_runs",
+        "retrigger",
+        "retrying",
+        "run_id",
+        "since",
+        "state",
+    )
 
     def __init__(self) -> None:
         self.state = WindowState.PENDING
@@ -67,6 +80,7 @@ class Entry:
         self.errors: list[dict[str, str]] | None = None
         self.since = 0.0  # wall time of the latest intent: bounds the reconciliation search
         self.retrigger = False  # the latest intent re-triggers run_id rather than creating one
+        self.retrying = False  # failed, with an attempt left when it was recorded
 
     @property
     def in_doubt(self) -> bool:
@@ -321,9 +335,13 @@ class Journal:
         run_id: str | None = None,
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
+        retrying: bool | None = None,
     ) -> None:
-        """Apply a move now; it becomes durable with the next commit."""
-        self._append(window, state, attempt, run_id, errors, mode, durable=False)
+        """Apply a move now; it becomes durable with the next commit.
+
+        ``retrying`` (a failure only): whether the window has an attempt left.
+        """
+        self._append(window, state, attempt, run_id, errors, mode, durable=False, retrying=retrying)
 
     async def record(
         self,
@@ -364,6 +382,9 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
+            # A lock file names its holder only while it is held (status reads it).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -377,6 +398,7 @@ class Journal:
         mode: str | None,
         *,
         durable: bool,
+        retrying: bool | None = None,
     ) -> asyncio.Future[None] | None:
         if self._failure is not None:
             raise self._failure
@@ -398,6 +420,8 @@ class Journal:
             record["id"] = run_id
         if errors:
             record["err"] = errors
+        if retrying is not None:
+            record["n"] = int(retrying)
         if state is WindowState.SUBMITTING:
             record["ts"] = round(self._wall(), 3)
             if mode:
@@ -649,6 +673,9 @@ def _apply(entry: Entry, record: dict[str, Any], state: WindowState) -> None:
         entry.errors = errors
     elif entry.errors is not None and state is not WindowState.FAILED:
         entry.errors = None
+    retrying = get("n")
+    if retrying is not None:
+        entry.retrying = bool(retrying)
     old = get("old")  # snapshots only
     if old is not None:
         entry.old_runs = tuple(old)
@@ -672,6 +699,8 @@ def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
         record["m"] = "re-trigger"
     if entry.errors:
         record["err"] = entry.errors
+    if entry.retrying:
+        record["n"] = 1
     return record
 
 
@@ -686,6 +715,56 @@ def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The process that holds a checkpoint's lock, as its lock file names it."""
+
+    pid: int
+    host: str
+    since: float
+
+    @property
+    def here(self) -> bool:
+        """Whether it runs on this host (so whether it still runs can be checked)."""
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None when it runs elsewhere and cannot be checked."""
+        if not self.here:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def holder(path: Path) -> Holder | None:
+    """Who holds the checkpoint's lock, if anyone: a lock file left by a crash on this host
+    names a process that no longer exists, and counts as no holder."""
+    try:
+        raw = path.with_name(path.name + ".lock").read_bytes()
+    except OSError:
+        return None
+    found = _parse_holder(raw)
+    if found is None or found.alive() is False:
+        return None
+    return found
+
+
+def _parse_holder(raw: bytes) -> Holder | None:
+    text = raw.strip()
+    if text.isdigit():  # the first format: the pid alone
+        return Holder(int(text), socket.gethostname(), 0.0)
+    try:
+        data = orjson.loads(text)
+        return Holder(int(data["pid"]), str(data["host"]), float(data["since"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _lock(path: Path) -> int:
     """Take the checkpoint's exclusive lock, or say which process holds it."""
     lock_path = path.with_name(path.name + ".lock")
@@ -698,12 +777,15 @@ def _lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         try:
-            holder = os.pread(fd, 32, 0).decode().strip()
+            found = _parse_holder(os.pread(fd, 512, 0))
         finally:
             os.close(fd)
-        raise CheckpointLocked(str(path), int(holder) if holder.isdigit() else None) from None
+        raise CheckpointLocked(
+            str(path), found.pid if found else None, found.host if found else None
+        ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}
+    os.pwrite(fd, orjson.dumps(record) + b"\n", 0)
     return fd
 
 
@@ -737,37 +819,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def lock_holder(path: Path) -> int | None:
-    """The process that holds the checkpoint's lock now, if one does (without touching it).
-
-    Read from the kernel's table of locks (``/proc/locks``), so that looking never takes the
-    lock, even for a moment; elsewhere, from the pid the holder wrote, if that process lives.
-    """
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        info = lock_path.stat()
-        pid_text = lock_path.read_text().strip()
-    except OSError:
-        return None
-    written = int(pid_text) if pid_text.isdigit() else None
-    identity = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    try:
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        if written is None:
-            return None
-        try:
-            os.kill(written, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return written
-        return written
-    for line in table.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a blocked waiter adds "->")
-        if len(fields) >= 6 and fields[1] != "->" and fields[5] == identity:
-            return written if written is not None else int(fields[4])
-    return None

@@ -25,7 +25,7 @@ import pytest
 
 from backfill import coverage
 from backfill.coverage import LivePage, choose_layout, lay_out, page_data, render, write_page
-from backfill.journal import Entry, Journal, lock_holder
+from backfill.journal import Entry, Journal, holder
 from backfill.metrics import Metrics, MetricsSource
 from backfill.planner import FlowPlan, Plan, Shard, Window, format_time
 from backfill.state import WindowState
@@ -517,11 +517,13 @@ async def test_lock_holder_names_the_process_that_holds_the_checkpoint(tmp_path:
     plan = Plan((FlowPlan.single(FLOW_TABLE, START, START + 7200, 3600),))
     journal = Journal.open(path, plan)
     try:
-        assert lock_holder(path) == os.getpid()
+        found = holder(path)
+        assert found is not None
+        assert found.pid == os.getpid()
     finally:
         await journal.close()
-    assert lock_holder(path) is None
-    assert lock_holder(tmp_path / "never.jsonl") is None
+    assert holder(path) is None
+    assert holder(tmp_path / "never.jsonl") is None
 
 
 async def test_a_page_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:

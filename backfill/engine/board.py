@@ -116,12 +116,10 @@ class Board:
             elif state.active and options.monitoring and entry.run_id is not None:
                 flow.tracked[entry.run_id] = window
                 flow.active += 1
-            elif (
-                state is WindowState.FAILED
-                and options.retry_failed
-                and entry.attempt >= options.max_attempts
-            ):
-                self.budget[window] = entry.attempt  # `retry`: a fresh set of attempts
+            elif state is WindowState.FAILED and options.retry_failed:
+                # `retry`: every failed window gets a fresh --max-attempts, however many
+                # attempts the run before it allowed.
+                self.budget[window] = entry.attempt
         if self.doubt:
             log.info("in_doubt_on_resume", windows=sum(len(d) for d in self.doubt.values()))
 

@@ -115,7 +115,10 @@ class Monitor:
             journal.record_nowait(window, new)
             return True
         errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
-        journal.record_nowait(window, new, errors=errors)
+        retrying = entry.attempt < board.allowed(window)
+        journal.record_nowait(
+            window, new, errors=errors, retrying=retrying if new is WindowState.FAILED else None
+        )
         log.debug(
             "run_finished",
             **window_fields(window),
@@ -126,7 +129,7 @@ class Monitor:
         del flow.tracked[run.run_id]
         flow.active -= 1
         if new is WindowState.FAILED:
-            if entry.attempt < board.allowed(window):
+            if retrying:
                 flow.retries.append(board.retry_job(window, entry))
             else:
                 first_error = errors[0].get("message", "") if errors else "no error given"
