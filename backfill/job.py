@@ -107,7 +107,7 @@ async def run_command(
     requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
     if requested is not None:
         settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
-    path = settings.checkpoint_path(existing=from_checkpoint)
+    path = _checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
     # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
     # as it was: it is tried before the checkpoint is created or changed.
     _check_port(settings.metrics_port)
@@ -117,13 +117,23 @@ async def run_command(
         _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
     journal = Journal.open(path, requested, extend=settings.extend)
     try:
-        _log_opened(journal)
         _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
+        _log_opened(journal)
         return await _run(
             settings, journal, retry_failed=retry_failed, json_lines=json_lines, live=live
         )
     finally:
         await journal.close()
+
+
+def _checkpoint_file(settings: Settings, path: Path) -> Path:
+    """A checkpoint is a file: a folder given as one is named as such, not as corrupt."""
+    if path.is_dir():
+        raise ConfigError(
+            f"{settings.source('checkpoint')} {path}",
+            f"is a folder; give a file path, e.g. {path / 'checkpoint.jsonl'}",
+        )
+    return path
 
 
 def _requested_plan(settings: Settings, *, from_checkpoint: bool) -> Plan | None:
@@ -206,7 +216,7 @@ async def dry_run_command(
         settings.require_credentials()
         _register_secrets(settings)
         requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
-        path = settings.checkpoint_path(existing=from_checkpoint)
+        path = _checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
         held = holder(path)
         if held is not None:
             raise CheckpointLocked(str(path), held.pid, held.host)
@@ -580,6 +590,10 @@ def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
     found: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
+        if path.is_dir():
+            raise ConfigError(
+                f"--checkpoint {path}", "is a folder; give the checkpoint file inside it"
+            )
         if "{shard}" in pattern:
             found.extend(_glob(Path(pattern.replace("{shard}", "*"))))
         elif path.exists():

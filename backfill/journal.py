@@ -352,9 +352,12 @@ class Journal:
         run_id: str | None = None,
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
+        retrying: bool | None = None,
     ) -> None:
         """Apply a move and return once it (and everything before it) is durable."""
-        waiter = self._append(window, state, attempt, run_id, errors, mode, durable=True)
+        waiter = self._append(
+            window, state, attempt, run_id, errors, mode, durable=True, retrying=retrying
+        )
         if waiter is not None:
             await waiter
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -102,6 +103,7 @@ def configure(
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        shared.append(_iso_window)
 
     def factory(*_args: Any) -> structlog.PrintLogger:
         # sys.stderr is looked up per logger, not once: the live progress display redirects
@@ -115,6 +117,18 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return _json
+
+
+def _iso_window(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    """On a console, a window's unix seconds are shown in ISO-8601 as well."""
+    start, end = event.get("window_start"), event.get("window_end")
+    if isinstance(start, int) and isinstance(end, int):
+        event["window"] = f"{_iso(start)}..{_iso(end)}"
+    return event
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _drop_empty(logger: WrappedLogger, name: str, event: MutableMapping[str, Any]) -> Any:
