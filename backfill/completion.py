@@ -36,6 +36,7 @@ class Command:
     name: str
     help: str
     options: tuple[Option, ...]
+    words: tuple[str, ...] = ()  # the values of its positional argument, if a fixed set
 
 
 def commands_of(parser: argparse.ArgumentParser) -> list[Command]:
@@ -46,7 +47,13 @@ def commands_of(parser: argparse.ArgumentParser) -> list[Command]:
             continue
         helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
         for name, sub in action.choices.items():
-            found.append(Command(name, helps.get(name, ""), tuple(_options(sub))))
+            words = tuple(
+                str(choice)
+                for positional in sub._actions
+                if not positional.option_strings and positional.choices
+                for choice in positional.choices
+            )
+            found.append(Command(name, helps.get(name, ""), tuple(_options(sub)), words))
     return found
 
 
@@ -100,7 +107,7 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
                 reply = "COMPREPLY=()"
             lines.append(f"            {pattern}) {reply}; return ;;")
         lines.append("        esac")
-        flags = [flag for option in command.options for flag in option.flags]
+        flags = [*command.words, *(flag for option in command.options for flag in option.flags)]
         lines.append(f'        COMPREPLY=($(compgen -W {_words(flags)} -- "$cur")) ;;')
     lines += [
         "    esac",
@@ -142,6 +149,8 @@ def zsh_script(parser: argparse.ArgumentParser) -> str:
     for command in commands:
         lines.append(f"        {command.name})")
         specs = [_zsh_spec(option) for option in command.options]
+        if command.words:
+            specs.append(_zsh_quote(f"1: :({' '.join(command.words)})"))
         lines.append("            _arguments \\")
         lines += [f"                {spec} \\" for spec in specs[:-1]]
         lines.append(f"                {specs[-1]}" if specs else "                ''")
