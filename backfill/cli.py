@@ -334,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(args[1:])
     parser = build_parser()
+    top = [flag for action in parser._actions for flag in action.option_strings]
+    if args[:1] and args[0].startswith("-") and args[0] not in top:
+        hint = did_you_mean(args[0].split("=", 1)[0], top)
+        _fail(f"unknown option {args[0]}{hint} (see backfill --help)", ExitCode.USAGE)
     parsed, unknown = parser.parse_known_args(args)
     namespace = vars(parsed)
     command = namespace["command"]

@@ -102,7 +102,9 @@ def configure(
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=(stream or sys.stderr).isatty(), sort_keys=False
+        )
         shared.append(_iso_window)
 
     def factory(*_args: Any) -> structlog.PrintLogger:

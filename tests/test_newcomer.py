@@ -525,3 +525,20 @@ async def test_the_client_id_is_the_api_key(tmp_path: Path) -> None:
         result = await run_cli(hourly_run(FLOW_FILE, 3), env, tmp_path)
         assert result.code == 0, result.stderr
         assert len(emu.stats()["runs"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--verison"], "unknown option --verison (did you mean '--version'?)"),
+        (["rnu"], "(did you mean 'run'?)"),
+        (["status", "--checkpoint", "x.jsonl", "--jsn"], "(did you mean '--json'?)"),
+        (["plan", "--flow-id", FLOW_FILE, "stray"], "unexpected argument 'stray'"),
+    ],
+)
+async def test_mistyped_commands_and_options_anywhere(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    result = await run_cli(args, cli_env(None), tmp_path)
+    assert result.code == 2
+    assert words in error_of(result)["message"]
