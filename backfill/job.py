@@ -308,7 +308,15 @@ def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
             )
         if flow.delta_column is not None:
             sent = "sent with the first run" if flow.sends_delta_column else "not sent"
-            why = "" if flow.sends_delta_column else " (the flow already has a run)"
+            why = ""
+            if not flow.sends_delta_column:
+                why = (
+                    " (the flow already has a run)"
+                    if flow.flow_has_run
+                    else " (another shard sends the flow's first run)"
+                    if not flow.owns_first
+                    else " (no new run to send)"
+                )
             out.write(f"  delta column {flow.delta_column}: {sent}{why}\n")
     totals = ahead.totals()
     out.write(

@@ -39,6 +39,7 @@ class FlowPreview:
     last: Window | None
     delta_column: str | None
     flow_has_run: bool
+    owns_first: bool = True  # this shard owns the flow's first window (sends the column)
 
     @property
     def to_send(self) -> int:
@@ -48,7 +49,12 @@ class FlowPreview:
     @property
     def sends_delta_column(self) -> bool:
         """The delta column goes with the flow's first run only."""
-        return self.delta_column is not None and not self.flow_has_run and self.new_runs > 0
+        return (
+            self.delta_column is not None
+            and not self.flow_has_run
+            and self.owns_first
+            and self.new_runs > 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +118,7 @@ def preview(
                 journal,
                 flow,
                 flow.windows(order, shard),
+                order=order,
                 max_attempts=max_attempts,
                 retry_failed=retry_failed,
                 retry_mode=retry_mode,
@@ -127,6 +134,7 @@ def _flow_preview(
     flow: FlowPlan,
     windows: Any,
     *,
+    order: Order,
     max_attempts: int,
     retry_failed: bool,
     retry_mode: RetryMode,
@@ -157,6 +165,11 @@ def _flow_preview(
         if first is None:
             first = window
         last = window
+    shard = journal.plan.shard
+    first_of_flow = next(flow.windows(order), None)
+    owns_first = first_of_flow is None or (
+        flow.owner(first_of_flow.start, shard.count) == shard.index
+    )
     return FlowPreview(
         flow_id=flow.flow_id,
         planned=planned,
@@ -168,6 +181,7 @@ def _flow_preview(
         last=last,
         delta_column=flow.delta_column,
         flow_has_run=has_run,
+        owns_first=owns_first,
     )
 
 
