@@ -400,7 +400,7 @@ async def _run(
                 "interrupted",
                 signal=received[0].name,
                 hint="run the same command again to resume",
-                in_doubt=snapshot.counts[WindowState.SUBMITTING],
+                submitting=snapshot.counts[WindowState.SUBMITTING],
             )
         elif code is ExitCode.WINDOWS_FAILED:
             log.warning(
