@@ -38,7 +38,7 @@ from .job import (
 )
 from .logs import configure, scrubber
 from .planner import Order
-from .settings import Settings, did_you_mean, load_settings
+from .settings import Settings, did_you_mean, load_settings, requested_log_format
 
 __all__ = ["main"]
 
@@ -326,7 +326,8 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     global _errors_as_json  # noqa: PLW0603 - one process, one way of printing errors
-    _errors_as_json = None
+    wanted = requested_log_format({})  # BACKFILL_LOG_FORMAT holds for usage errors too
+    _errors_as_json = None if wanted is None else wanted == "json"
     signal.signal(signal.SIGTERM, _terminated)
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["emulator"]:
@@ -354,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "status":
         checkpoints = flags.pop("checkpoint")
     config = namespace.get("config_file")
+    wanted = requested_log_format(flags)
+    if wanted is not None:
+        _errors_as_json = wanted == "json"
     try:
         settings = load_settings(flags, Path(config) if config else None)
         if namespace.get("json") and command in ("run", "retry") and not namespace.get("dry_run"):

@@ -58,7 +58,7 @@ from .planner import (
     parse_window,
 )
 
-__all__ = ["FlowConfig", "Settings", "did_you_mean", "load_settings"]
+__all__ = ["FlowConfig", "Settings", "did_you_mean", "load_settings", "requested_log_format"]
 
 # Matched with fullmatch: "$" would let a trailing newline (from a secret file) through.
 _FLOW_ID = re.compile(
@@ -531,6 +531,13 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
     settings = _read_secret_files(settings)
     settings._sources = _sources(flags, environ, config_file, data)
     return settings
+
+
+def requested_log_format(flags: Mapping[str, Any]) -> str | None:
+    """The log format asked for by flag or variable, read before (and even if) the rest of
+    the settings fail: it decides how that failure is printed."""
+    value = flags.get("log_format") or os.environ.get("BACKFILL_LOG_FORMAT")
+    return value if value in ("json", "console") else None
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

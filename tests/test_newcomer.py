@@ -419,8 +419,10 @@ async def test_no_abbreviations_and_did_you_mean(
 async def test_a_usage_error_on_a_terminal_is_one_plain_line_without_a_doubled_prefix(
     tmp_path: Path,
 ) -> None:
+    env = cli_env(None)
+    del env["BACKFILL_LOG_FORMAT"]  # auto: stderr is a terminal, so errors are plain text
     code, terminal = await _in_terminal(
-        [*hourly_run(FLOW_FILE, 2), "--window"], cli_env(None), tmp_path, None
+        [*hourly_run(FLOW_FILE, 2), "--window"], env, tmp_path, None
     )
     assert code == 2
     lines = [line for line in terminal.splitlines() if line.strip()]
@@ -542,3 +544,13 @@ async def test_mistyped_commands_and_options_anywhere(
     result = await run_cli(args, cli_env(None), tmp_path)
     assert result.code == 2
     assert words in error_of(result)["message"]
+
+
+async def test_errors_follow_an_explicit_log_format(tmp_path: Path) -> None:
+    env = cli_env(None, BACKFILL_LOG_FORMAT="console")
+    result = await run_cli(["plan", "--flow-id", "x"], env, tmp_path)
+    assert result.code == 2
+    assert result.stderr.startswith("backfill: error: --flow-id: 'x' is not a flow id")
+    usage = await run_cli(["plan", "--win", "1h"], env, tmp_path)
+    assert usage.code == 2
+    assert usage.stderr.startswith("backfill: error: unknown option --win")
