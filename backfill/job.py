@@ -270,18 +270,28 @@ async def _service_view(settings: Settings, journal: Journal) -> dict[str, bool]
     real run does; one request each, under the rate limit.
     """
     rate = settings.effective_rate(journal.plan.shard.count)
-    limiter = RateLimiter(rate)
+    permits = Permits(RateLimiter(rate))
+    backoff = Backoff(cap=settings.backoff_max, max_retries=settings.max_retries)
+    rng = random.Random()  # noqa: S311 - jitter, not secrecy
     found: dict[str, bool] = {}
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
-        client = FlowServiceClient(session, settings.base_url, _identity(settings), tokens)
-        await tokens.token()  # bad credentials fail here, as in the real run
+        client = FlowServiceClient(
+            session, settings.base_url, _identity(settings), tokens, permits.take
+        )
+        # Bad credentials fail here, as in the real run; an IMS outage is retried.
+        await retrying(tokens.token, backoff, real_sleep, rng)
         for flow in journal.plan.flows:
             if flow.delta_column is None:
                 continue
-            await limiter.acquire()
-            page = await client.list_runs(flow.flow_id, limit=1)
-            found[flow.flow_id] = bool(page.runs)
+            flow_id = flow.flow_id
+            page = await retrying(
+                lambda flow_id=flow_id: client.list_runs(flow_id, limit=1),  # type: ignore[misc]
+                backoff,
+                real_sleep,
+                rng,
+            )
+            found[flow_id] = bool(page.runs)
     return found
 
 
