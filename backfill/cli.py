@@ -383,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _SECRET_NAMES = frozenset(
-    {"ACCESS_TOKEN", "ACCESS_TOKEN_FILE", "CLIENT_SECRET", "CLIENT_SECRET_FILE", "CLIENT_ID"}
+    {"ACCESS_TOKEN", "ACCESS_TOKEN_FILE", "CLIENT_SECRET", "CLIENT_SECRET_FILE"}
 )
 
 

@@ -549,11 +549,12 @@ def _print_status(
     else:
         for window in sending[:20]:
             out.write(
-                f"  {label}, answer lost: {window.flow_id} {format_time(window.start)} .. "
-                f"{format_time(window.end)} (looked up at the service on the next run)\n"
+                f"  {label}, answer lost or never sent: {window.flow_id} "
+                f"{format_time(window.start)} .. {format_time(window.end)} "
+                "(looked up at the service on the next run)\n"
             )
         if len(sending) > 20:
-            out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost\n")
+            out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost or never sent\n")
     failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
     for window, entry in failed[:20]:
         reason = _reason(entry.errors)

@@ -160,8 +160,8 @@ def print_summary(
     lost = snapshot.counts[WindowState.SUBMITTING]
     if lost:
         console.print(
-            f"{lost:,} {LABELS[WindowState.SUBMITTING]}, answer lost: the next run looks them "
-            "up at the service before sending anything again"
+            f"{lost:,} {LABELS[WindowState.SUBMITTING]}, answer lost or never sent: the next run "
+            "looks them up at the service before sending anything again"
         )
 
 

@@ -351,6 +351,7 @@ async def test_status_shows_a_window_waiting_for_its_next_attempt_with_the_reaso
             (1, WindowState.SUBMITTING, {"attempt": 1}),
             (1, WindowState.SUBMITTED, {"attempt": 1, "run_id": "run-b"}),
             (1, WindowState.FAILED, {"errors": [], "retrying": False}),
+            (2, WindowState.SUBMITTING, {"attempt": 1}),
         ],
     )
     result = await run_cli(["status", "--checkpoint", str(path)], cli_env(None), tmp_path)
@@ -362,6 +363,10 @@ async def test_status_shows_a_window_waiting_for_its_next_attempt_with_the_reaso
     assert (
         "failed for good after 1 attempt(s): "
         f"{FLOW_FILE} 2024-01-01T01:00:00Z run run-b: the service gave no reason"
+    ) in result.stdout
+    # No process holds the checkpoint: a window left submitting may have been sent.
+    assert (
+        f"submitting, answer lost or never sent: {FLOW_FILE} 2024-01-01T02:00:00Z"
     ) in result.stdout
 
 

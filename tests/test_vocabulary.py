@@ -37,7 +37,7 @@ def test_the_live_display_and_the_summary_use_the_same_words() -> None:
         assert re.findall(r"[a-z]+", header) == [state.value for state in WindowState]
     assert "in doubt" not in live.getvalue() + summary.getvalue()
     assert "in flight" not in live.getvalue() + summary.getvalue()
-    assert "2 submitting, answer lost" in summary.getvalue()
+    assert "2 submitting, answer lost or never sent" in summary.getvalue()
 
 
 def test_progress_rates_are_never_negative() -> None:
