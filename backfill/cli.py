@@ -219,6 +219,19 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     _flag(
         runs, "reconcile-delay", "seconds before looking up a lost answer (default 2)", metavar="S"
     )
+    _flag(
+        runs,
+        "reconcile-settle",
+        "seconds a lost answer is looked up before its window is sent again (default 60)",
+        metavar="S",
+    )
+    _flag(
+        runs,
+        "existing-runs",
+        "adopt (default): windows the service already has runs for are recorded, not sent; "
+        "ignore: send regardless (needs --yes)",
+        metavar="WHAT",
+    )
     out = parser.add_argument_group("output")
     _flag(out, "report", "write a JSON report here at the end", metavar="FILE")
     _log_flags(out)
@@ -241,7 +254,8 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     _flag(
         ask,
         "yes",
-        f"do not ask on a terminal before creating more than {CONFIRM_ABOVE:,} runs",
+        f"do not ask on a terminal before creating more than {CONFIRM_ABOVE:,} runs; confirm "
+        "--existing-runs ignore (which may ingest windows twice)",
         action="store_true",
     )
 

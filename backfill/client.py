@@ -400,7 +400,10 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str], what: str) -> Ap
         return RateLimited(
             message, request=what, status=status, code=code, retry_after=_retry_after(headers)
         )
-    if status in (500, 502, 503, 504):
+    if status >= 500 or status == 408:
+        # Any 5xx -- a proxy's 520 too -- and a proxy's 408 may come after the service acted:
+        # retried, and for a POST settled against the listing first (in doubt), never resent
+        # blindly.
         return ServerError(
             message, request=what, status=status, code=code, retry_after=_retry_after(headers)
         )

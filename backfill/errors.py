@@ -11,10 +11,11 @@ BackfillError
  +-- ApiUnavailable ............ retryable errors went on past every retry, or the service
  |                                asked for a pause longer than --max-retry-after (exit 75)
  +-- RequestNotSent ............ the backfill stopped before this request got its permit
+ +-- ServiceDataError .......... the service's runs cannot be matched to windows safely (exit 2)
  +-- ApiError .................. the Flow Service (or IMS) answered with an error
       +-- RetryableError ....... worth sending again: 429, 5xx, connection errors, timeouts
       |    +-- RateLimited ..... 429: nothing was done; the whole pool pauses
-      |    +-- ServerError ..... 500, 502, 503, 504: maybe done (a Retry-After pauses the pool)
+      |    +-- ServerError ..... any 5xx or a proxy's 408: maybe done (Retry-After pauses all)
       |    +-- TransportError .. no HTTP answer at all
       +-- PermanentError ....... any other 4xx: sending it again cannot help (exit 2)
            +-- AuthError ....... 401/403: the credentials are wrong or the token expired
@@ -38,6 +39,7 @@ class ExitCode(IntEnum):
     WINDOWS_FAILED = 1
     USAGE = 2
     CHECKPOINT_REFUSED = 3
+    DUPLICATES = 4  # the service holds more than one live run for some window
     CHECKPOINT_UNWRITABLE = 74  # sysexits EX_IOERR
     API_UNAVAILABLE = 75  # sysexits EX_TEMPFAIL: run again later to resume
     SIGINT = 130
@@ -185,7 +187,7 @@ class RateLimited(RetryableError):
 
 
 class ServerError(RetryableError):
-    """A 5xx answer: the service may or may not have acted on the request."""
+    """A 5xx (or 408) answer: the service may or may not have acted on the request."""
 
     in_doubt = True
 
@@ -204,6 +206,12 @@ class PermanentError(ApiError):
 
 class AuthError(PermanentError):
     """The credentials were refused, or the token expired and cannot be renewed."""
+
+
+class ServiceDataError(BackfillError):
+    """What the service lists cannot be matched to windows safely: nothing more is sent."""
+
+    exit_code = ExitCode.USAGE
 
 
 class ApiUnavailable(BackfillError):

@@ -26,7 +26,7 @@ import structlog
 
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
-from .engine import Engine, EngineOptions, Outcome
+from .engine import Engine, EngineOptions, ExistingRuns, Outcome
 from .errors import BackfillError, CheckpointLocked, CheckpointMissing, ConfigError, ExitCode
 from .journal import Holder, Journal, holder
 from .limits import Backoff, RateLimiter, real_sleep
@@ -36,6 +36,7 @@ from .planner import Plan, Shard, format_time
 from .preview import Preview, preview
 from .report import (
     Snapshot,
+    duplicate_windows,
     plan_summary,
     print_summary,
     progress_task,
@@ -103,6 +104,12 @@ async def run_command(
     """``run`` (and ``retry``): submit every window not yet accepted, resumably."""
     settings.refuse_idle_options()
     settings.require_credentials()
+    if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
+        raise ConfigError(
+            "--existing-runs",
+            "'ignore' sends windows the service may already have runs for, which ingests them "
+            "twice; add --yes to confirm, or leave it at 'adopt'",
+        )
     _register_secrets(settings)
     requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
     if requested is not None:
@@ -395,7 +402,8 @@ async def _run(
                 await progress
         await journal.commit()
         snapshot = _snapshot(journal, engine, client, options.wait, engine.started, start_done)
-        code = _exit_code(outcome, snapshot, received)
+        duplicates = len(duplicate_windows(journal))
+        code = _exit_code(outcome, snapshot, received, duplicates)
         report = settings.shard_path(settings.report, plan.shard)
         if report is not None:
             write_report(report, journal, _totals(snapshot, engine, outcome, code))
@@ -411,6 +419,13 @@ async def _run(
                 signal=received[0].name,
                 hint="run the same command again to resume",
                 submitting=snapshot.counts[WindowState.SUBMITTING],
+            )
+        elif code is ExitCode.DUPLICATES:
+            log.error(
+                "duplicate_runs",
+                windows=duplicates,
+                hint="the service holds more than one live run for these windows: see "
+                "`backfill status` (duplicate_runs) and check what they ingested",
             )
         elif code is ExitCode.WINDOWS_FAILED:
             log.warning(
@@ -555,6 +570,18 @@ def _print_status(
             )
         if len(sending) > 20:
             out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost or never sent\n")
+    for window, entry in journal.items():
+        if entry.candidates:
+            out.write(
+                f"  {label}, kept: {window.flow_id} {format_time(window.start)}: the service "
+                f"lists run(s) {', '.join(entry.candidates)} without their window; look them "
+                "up before running again\n"
+            )
+    for window, entry in duplicate_windows(journal)[:20]:
+        out.write(
+            f"  duplicate: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
+            f"and live run(s) {', '.join(entry.duplicates)} at the service\n"
+        )
     failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
     for window, entry in failed[:20]:
         reason = _reason(entry.errors)
@@ -689,6 +716,8 @@ def _engine_options(settings: Settings, *, retry_failed: bool, shard: Shard) -> 
         poll_interval=settings.poll_interval,
         poll_max_interval=max(settings.poll_interval, 120.0),
         reconcile_delay=settings.reconcile_delay,
+        reconcile_settle=settings.reconcile_settle,
+        existing_runs=settings.existing_runs,
         backoff=Backoff(cap=settings.backoff_max, max_retries=settings.max_retries),
         max_retry_after=settings.max_retry_after,
     )
@@ -716,6 +745,8 @@ def _metrics(
             rate_limited=lambda: client.responses.get("429", 0),
             rate_limit_wait=lambda: limiter.waited,
             token_renewals=lambda: tokens.renewals,
+            duplicates=lambda: engine.stats.duplicates_found,
+            adopted_existing=lambda: engine.stats.adopted_existing,
         ),
         shard=str(plan.shard),
     )
@@ -776,6 +807,9 @@ def _snapshot(
             "retried_runs": stats.retried_runs,
             "request_retries": stats.request_retries,
             "duplicates_found": stats.duplicates_found,
+            "adopted_existing": stats.adopted_existing,
+            "left_in_doubt": stats.left_in_doubt,
+            "foreign_runs": stats.foreign_runs,
             "list_requests": stats.list_requests,
             "polls": stats.polls,
             "reconciliations": stats.reconciliations,
@@ -783,9 +817,13 @@ def _snapshot(
     )
 
 
-def _exit_code(outcome: Outcome, snapshot: Snapshot, received: list[signal.Signals]) -> ExitCode:
+def _exit_code(
+    outcome: Outcome, snapshot: Snapshot, received: list[signal.Signals], duplicates: int
+) -> ExitCode:
     if outcome.error is not None:
         return outcome.error.exit_code
+    if duplicates:
+        return ExitCode.DUPLICATES
     if received:
         return ExitCode.SIGTERM if received[0] is signal.SIGTERM else ExitCode.SIGINT
     counts = snapshot.counts
@@ -800,6 +838,7 @@ def _outcome_word(code: ExitCode) -> str:
     return {
         ExitCode.OK: "finished",
         ExitCode.WINDOWS_FAILED: "finished with failed windows",
+        ExitCode.DUPLICATES: "finished with duplicate runs at the service",
         ExitCode.SIGINT: "interrupted",
         ExitCode.SIGTERM: "interrupted",
     }.get(code, "stopped on an error")

@@ -63,6 +63,8 @@ class Entry:
 
     __slots__ = (
         "attempt",
+        "candidates",
+        "duplicates",
         "errors",
         "old_runs",
         "retrigger",
@@ -81,6 +83,11 @@ class Entry:
         self.since = 0.0  # wall time of the latest intent: bounds the reconciliation search
         self.retrigger = False  # the latest intent re-triggers run_id rather than creating one
         self.retrying = False  # failed, with an attempt left when it was recorded
+        # Other live runs the service holds for this window: a duplicate, never silent.
+        self.duplicates: tuple[str, ...] = ()
+        # Runs created since the intent whose window the service did not say: while any may be
+        # this window's, the window stays in doubt and is not sent again.
+        self.candidates: tuple[str, ...] = ()
 
     @property
     def in_doubt(self) -> bool:
@@ -360,6 +367,35 @@ class Journal:
         )
         if waiter is not None:
             await waiter
+
+    async def note(
+        self,
+        window: Window,
+        *,
+        duplicates: tuple[str, ...] | None = None,
+        candidates: tuple[str, ...] | None = None,
+    ) -> None:
+        """Record what the service showed of a window without moving it; durable on return."""
+        if self._failure is not None:
+            raise self._failure
+        if self._fd is None:
+            raise RuntimeError("the checkpoint is open read-only or closed")
+        flow = self._flow_index[window.flow_id]
+        entry = self._index.get(_key(flow, window.start))
+        if entry is None:
+            raise RuntimeError("a note needs a window the checkpoint has a record of")
+        record: dict[str, Any] = {"t": "note", "f": flow, "s": window.start}
+        if duplicates is not None:
+            record["dup"] = list(duplicates)
+        if candidates is not None:
+            record["cand"] = list(candidates)
+        _note(entry, record)
+        self._buffer.append(orjson.dumps(record) + b"\n")
+        self.records += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._kick()
+        await waiter
 
     async def commit(self) -> None:
         """Make every record so far durable."""
@@ -646,6 +682,14 @@ class _Scan:
                 raise ValueError(f"window {flow}/{start} is not in the plan")
             entry = index.setdefault((flow << _SHIFT) | start, Entry())
             _apply(entry, record, BY_VALUE[record["st"]])
+            _note(entry, record)
+        elif kind == "note":
+            flow = record["f"]
+            start = record["s"]
+            noted = index.get((flow << _SHIFT) | start) if type(start) is int else None
+            if noted is None:
+                raise ValueError(f"a note for window {flow}/{start}, which has no record")
+            _note(noted, record)
         elif kind == "plan":
             plan = Plan.from_json(record["plan"])
             if plan.fingerprint() != record.get("fingerprint"):
@@ -658,6 +702,8 @@ class _Scan:
 def _apply(entry: Entry, record: dict[str, Any], state: WindowState) -> None:
     """One record's effect on a window's entry (the replay's hot path: few lookups)."""
     entry.state = state
+    if entry.candidates:  # a move settles the doubt they kept open
+        entry.candidates = ()
     get = record.get
     attempt = get("a")
     if attempt is not None:
@@ -684,6 +730,16 @@ def _apply(entry: Entry, record: dict[str, Any], state: WindowState) -> None:
         entry.old_runs = tuple(old)
 
 
+def _note(entry: Entry, record: dict[str, Any]) -> None:
+    """A note's effect: what the service showed of the window, beside its state."""
+    duplicates = record.get("dup")
+    if duplicates is not None:
+        entry.duplicates = tuple(duplicates)
+    candidates = record.get("cand")
+    if candidates is not None:
+        entry.candidates = tuple(candidates)
+
+
 def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
     record: dict[str, Any] = {
         "t": "snap",
@@ -704,6 +760,10 @@ def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
         record["err"] = entry.errors
     if entry.retrying:
         record["n"] = 1
+    if entry.duplicates:
+        record["dup"] = list(entry.duplicates)
+    if entry.candidates:
+        record["cand"] = list(entry.candidates)
     return record
 
 

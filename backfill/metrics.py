@@ -36,6 +36,8 @@ class MetricsSource:
     rate_limited: Callable[[], int]
     rate_limit_wait: Callable[[], float]
     token_renewals: Callable[[], int]
+    duplicates: Callable[[], int] = lambda: 0
+    adopted_existing: Callable[[], int] = lambda: 0
 
 
 Page = Callable[[], tuple[str, bytes]]  # () -> (content type, body)
@@ -97,6 +99,16 @@ class _Collector(Collector):
             ("backfill_retries", "Requests sent again after a retryable error", source.retries),
             ("backfill_rate_limited", "Answers 429 received", source.rate_limited),
             ("backfill_token_renewals", "Access tokens fetched from IMS", source.token_renewals),
+            (
+                "backfill_duplicate_windows",
+                "Windows found with more than one live run at the service",
+                source.duplicates,
+            ),
+            (
+                "backfill_runs_adopted_existing",
+                "Windows whose run the service already had (not sent)",
+                source.adopted_existing,
+            ),
         ):
             family = CounterMetricFamily(name, doc, labels=names)
             family.add_metric(values, read())

@@ -27,6 +27,7 @@ from .state import LABELS, WindowState
 
 __all__ = [
     "Snapshot",
+    "duplicate_windows",
     "print_summary",
     "progress_task",
     "status_document",
@@ -181,6 +182,10 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
         "run_id": entry.run_id if entry else None,
         "attempts": entry.attempt if entry else 0,
     }
+    if entry is not None and entry.duplicates:
+        row["duplicate_runs"] = list(entry.duplicates)  # other live runs the service holds
+    if entry is not None and entry.candidates:
+        row["unreadable_runs"] = list(entry.candidates)  # may be this window's: kept in doubt
     if detail:
         row["start_time"] = format_time(window.start)
         row["end_time"] = format_time(window.end)
@@ -188,6 +193,11 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
         row["errors"] = (entry.errors or []) if entry else []
         row["previous_runs"] = list(entry.old_runs) if entry else []
     return row
+
+
+def duplicate_windows(journal: Journal) -> list[tuple[Window, Entry]]:
+    """Windows for which the service holds more than one live run."""
+    return [(window, entry) for window, entry in journal.items() if entry.duplicates]
 
 
 def write_report(path: Path, journal: Journal, totals: dict[str, Any]) -> None:

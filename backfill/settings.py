@@ -44,7 +44,7 @@ from yarl import URL
 from .auth import DEFAULT_SCOPES, IMS_URL
 from .calendar import Align, Calendar, check_zone
 from .client import PRODUCTION_URL
-from .engine import OnFailure, RetryMode
+from .engine import ExistingRuns, OnFailure, RetryMode
 from .errors import ConfigError
 from .limits import Rate
 from .planner import (
@@ -178,6 +178,8 @@ class Settings(BaseSettings):
     on_failure: OnFailure = OnFailure.CONTINUE
     poll_interval: Seconds = 10.0
     reconcile_delay: float = Field(2.0, ge=0)
+    reconcile_settle: float = Field(60.0, ge=0, le=86400)
+    existing_runs: ExistingRuns = ExistingRuns.ADOPT
 
     # Failures
     max_retries: int = Field(10, ge=0, le=1000)
@@ -187,7 +189,8 @@ class Settings(BaseSettings):
     # Stopping
     grace: float = Field(20.0, ge=0)
 
-    # Asking: --yes answers the questions a terminal would be asked (more than 1,000 runs)
+    # Asking: --yes answers the questions a terminal would be asked (more than 1,000 runs) and
+    # confirms what may ingest twice (--existing-runs ignore)
     yes: bool = False
 
     # Output

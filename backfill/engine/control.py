@@ -144,6 +144,22 @@ class Control:
         """Wait for the event, or for the engine to close."""
         await self._first(asyncio.ensure_future(event.wait()))
 
+    async def nap_or(self, event: asyncio.Event, seconds: float) -> None:
+        """Sleep until the event is set, the time is up, or the engine closes."""
+        if seconds <= 0 or self.closed.is_set():
+            return
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await self._first(
+                asyncio.ensure_future(
+                    asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                )
+            )
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
     async def _first(self, waiter: asyncio.Future[Any]) -> None:
         closer = asyncio.ensure_future(self.closed.wait())
         try:

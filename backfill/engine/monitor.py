@@ -42,6 +42,7 @@ class Monitor:
         self._options = options
         self._retries = Retries(options.backoff)
         self.unknown_statuses: set[str] = set()
+        self.foreign: set[str] = set()  # tracked run ids the service says are another window's
 
     async def loop(self) -> None:
         """Poll while runs are tracked, backing off while nothing changes."""
@@ -102,6 +103,22 @@ class Monitor:
         entry = journal.get(window)
         if entry is None or entry.run_id != run.run_id:
             return False
+        if run.window_start is not None and (run.window_start, run.window_end) != (
+            window.start,
+            window.end,
+        ):
+            # The service says this run is another window's: it does not make this one done.
+            if run.run_id not in self.foreign:
+                self.foreign.add(run.run_id)
+                board.stats.foreign_runs += 1
+                log.error(
+                    "run_of_another_window",
+                    **window_fields(window),
+                    run_id=run.run_id,
+                    run_window_start=run.window_start,
+                    run_window_end=run.window_end,
+                )
+            return False
         if run.status is RunStatus.UNKNOWN and run.raw_status not in self.unknown_statuses:
             self.unknown_statuses.add(run.raw_status)
             log.warning("unknown_run_status", status=run.raw_status, run_id=run.run_id)
@@ -126,8 +143,8 @@ class Monitor:
             run_id=run.run_id,
             status=new,
         )
-        del flow.tracked[run.run_id]
-        flow.active -= 1
+        if flow.tracked.pop(run.run_id, None) is not None:
+            flow.active -= 1
         if new is WindowState.FAILED:
             if retrying:
                 flow.retries.append(board.retry_job(window, entry))

@@ -123,6 +123,13 @@ class Submitter:
                 else:
                     control.fail(exc)
                 return True
+        if not board.owner_ok(created.run_id, window):
+            # The answer names another window's run: what this request did is unknown.
+            board.to_doubt(
+                job, RuntimeError(f"answered with run {created.run_id} of another window")
+            )
+            return True
+        board.claim(created.run_id, window)  # before the await: a second answer sees it
         await journal.record(
             window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
         )
