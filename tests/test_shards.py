@@ -145,6 +145,8 @@ async def test_every_line_in_json_mode_parses_and_carries_its_context(tmp_path: 
                 "0.2",
                 "--rate",
                 "100/s",
+                "--reconcile-settle",
+                "3",
             ],
             cli_env(emu),
             tmp_path,
