@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from .limits import Backoff, RateLimiter, real_sleep
 from .logs import register_secret
 from .permits import Permits
 from .planner import Plan, Shard, format_time
-from .preview import Preview, preview
+from .preview import Preview, ServiceView, preview
 from .report import (
     Snapshot,
     duplicate_windows,
@@ -228,7 +229,7 @@ async def dry_run_command(
         if held is not None:
             raise CheckpointLocked(str(path), held.pid, held.host)
         journal = Journal.open(path, requested, extend=settings.extend, readonly=True)
-        flows_with_runs = await _service_view(settings, journal)
+        service = await _service_view(settings, journal)
     except BackfillError as exc:
         if exc.exit_code in (ExitCode.USAGE, ExitCode.CHECKPOINT_REFUSED):
             raise WouldRefuse(exc) from None
@@ -239,7 +240,7 @@ async def dry_run_command(
         max_attempts=settings.max_attempts,
         retry_failed=retry_failed,
         retry_mode=settings.retry_mode,
-        flows_with_runs=flows_with_runs,
+        service=service,
     )
     document = {
         "dry_run": True,
@@ -270,17 +271,21 @@ class WouldRefuse(BackfillError):
         self.cause = cause
 
 
-async def _service_view(settings: Settings, journal: Journal) -> dict[str, bool]:
-    """The read-only questions to the service: credentials, and which flows have a run.
+async def _service_view(settings: Settings, journal: Journal) -> ServiceView:
+    """The read-only questions to the service: credentials, which flows have a run, and (with
+    ``--existing-runs adopt``) the runs it already holds for windows the checkpoint never saw.
 
-    Only flows with a delta column are asked (it goes with a flow's first run only), as the
-    real run does; one request each, under the rate limit.
+    Flows with a delta column are asked whether they have any run (one request); flows with
+    windows the checkpoint has never seen are listed whole, as the real run lists them before
+    it sends anything. Every request is under the rate limit and retried like the run's.
     """
     rate = settings.effective_rate(journal.plan.shard.count)
     permits = Permits(RateLimiter(rate))
     backoff = Backoff(cap=settings.backoff_max, max_retries=settings.max_retries)
     rng = random.Random()  # noqa: S311 - jitter, not secrecy
-    found: dict[str, bool] = {}
+    view = ServiceView()
+    recorded = Counter(window.flow_id for window, _ in journal.items())
+    shard = journal.plan.shard
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
         client = FlowServiceClient(
@@ -289,17 +294,36 @@ async def _service_view(settings: Settings, journal: Journal) -> dict[str, bool]
         # Bad credentials fail here, as in the real run; an IMS outage is retried.
         await retrying(tokens.token, backoff, real_sleep, rng)
         for flow in journal.plan.flows:
-            if flow.delta_column is None:
-                continue
             flow_id = flow.flow_id
-            page = await retrying(
-                lambda flow_id=flow_id: client.list_runs(flow_id, limit=1),  # type: ignore[misc]
-                backoff,
-                real_sleep,
-                rng,
-            )
-            found[flow_id] = bool(page.runs)
-    return found
+            adopt = settings.existing_runs is ExistingRuns.ADOPT
+            if adopt and recorded[flow_id] < flow.count(shard):
+                runs = view.runs.setdefault(flow_id, {})
+                href: str | None = None
+                while True:
+                    page = await retrying(
+                        lambda flow_id=flow_id, href=href: client.list_runs(  # type: ignore[misc]
+                            flow_id, href=href
+                        ),
+                        backoff,
+                        real_sleep,
+                        rng,
+                    )
+                    for run in page.runs:
+                        if run.flow_id == flow_id and run.window_start is not None:
+                            runs.setdefault((run.window_start, run.window_end or 0), []).append(run)
+                    href = page.next_href
+                    if href is None:
+                        break
+                view.has_run[flow_id] = bool(runs)
+            elif flow.delta_column is not None:
+                page = await retrying(
+                    lambda flow_id=flow_id: client.list_runs(flow_id, limit=1),  # type: ignore[misc]
+                    backoff,
+                    real_sleep,
+                    rng,
+                )
+                view.has_run[flow_id] = bool(page.runs)
+    return view
 
 
 def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
@@ -312,7 +336,8 @@ def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
     for flow in ahead.flows:
         out.write(
             f"{flow.flow_id}: {flow.planned:,} windows planned, {flow.done:,} done in the "
-            f"checkpoint, {flow.to_send:,} to send ({flow.new_runs:,} new runs, "
+            f"checkpoint, {flow.at_service:,} already at the service (adopted, not sent), "
+            f"{flow.to_send:,} to send ({flow.new_runs:,} new runs, "
             f"{flow.retriggers:,} re-triggers)"
         )
         if flow.answer_lost:

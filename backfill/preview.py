@@ -8,21 +8,33 @@ as the engine's dispatcher, so its counts are what the run then sends:
   with a fresh ``--max-attempts``), by re-trigger or by a new run (``--retry-mode``);
 - a window left ``submitting`` (answer lost) is looked up at the service before anything
   is sent again: it may or may not need a run;
+- a window the checkpoint never saw that the service already has a run for is adopted, not
+  sent (``--existing-runs adopt``): done when one of its runs is live; when every one failed,
+  each counts as an attempt and the window gets another while attempts are left;
 - every other window (submitted, running, succeeded, or failed with no attempt left) is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .client import RunInfo
 from .engine import RetryMode
 from .journal import Journal
 from .planner import FlowPlan, Order, Window, format_time
-from .state import WindowState
+from .state import RunStatus, WindowState
 
-__all__ = ["FlowPreview", "Preview", "preview"]
+__all__ = ["FlowPreview", "Preview", "ServiceView", "preview"]
+
+
+@dataclass(slots=True)
+class ServiceView:
+    """What the service said, read-only: whether each flow has a run, and the runs it holds
+    for windows (listed only for flows with windows the checkpoint never saw)."""
+
+    has_run: dict[str, bool] = field(default_factory=dict)
+    runs: dict[str, dict[tuple[int, int], list[RunInfo]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,7 @@ class FlowPreview:
     flow_id: str
     planned: int
     done: int
+    at_service: int  # windows the checkpoint never saw whose run the service already has
     answer_lost: int
     new_runs: int
     retriggers: int
@@ -61,6 +74,7 @@ class FlowPreview:
             "flow_id": self.flow_id,
             "planned": self.planned,
             "done": self.done,
+            "at_service": self.at_service,
             "answer_lost": self.answer_lost,
             "to_send": self.to_send,
             "new_runs": self.new_runs,
@@ -90,6 +104,7 @@ class Preview:
         return {
             "planned": sum(f.planned for f in self.flows),
             "done": sum(f.done for f in self.flows),
+            "at_service": sum(f.at_service for f in self.flows),
             "answer_lost": sum(f.answer_lost for f in self.flows),
             "to_send": self.to_send,
             "new_runs": self.new_runs,
@@ -104,14 +119,15 @@ def preview(
     max_attempts: int,
     retry_failed: bool,
     retry_mode: RetryMode,
-    flows_with_runs: Mapping[str, bool] | None = None,
+    service: ServiceView | None = None,
 ) -> Preview:
     """What a run with these options would send, flow by flow, in the order it sends them.
 
-    ``flows_with_runs``: what the service said of each flow (has it any run yet?); without
-    it, only the checkpoint is asked.
+    ``service``: what the service said (see ``ServiceView``); without it, only the checkpoint
+    is asked.
     """
     shard = journal.plan.shard
+    service = service or ServiceView()
     return Preview(
         tuple(
             _flow_preview(
@@ -122,7 +138,8 @@ def preview(
                 max_attempts=max_attempts,
                 retry_failed=retry_failed,
                 retry_mode=retry_mode,
-                service_has_run=(flows_with_runs or {}).get(flow.flow_id, False),
+                service_has_run=service.has_run.get(flow.flow_id, False),
+                existing=service.runs.get(flow.flow_id, {}),
             )
             for flow in journal.plan.flows
         )
@@ -139,8 +156,9 @@ def _flow_preview(
     retry_failed: bool,
     retry_mode: RetryMode,
     service_has_run: bool,
+    existing: dict[tuple[int, int], list[RunInfo]],
 ) -> FlowPreview:
-    planned = done = lost = new = retriggers = 0
+    planned = done = at_service = lost = new = retriggers = 0
     first: Window | None = None
     last: Window | None = None
     has_run = service_has_run
@@ -149,7 +167,20 @@ def _flow_preview(
         entry = journal.get(window)
         if entry is not None and entry.run_id is not None:
             has_run = True
-        if entry is None or entry.state is WindowState.PENDING:
+        runs = existing.get((window.start, window.end)) if existing else None
+        if runs and (entry is None or entry.state is WindowState.PENDING):
+            has_run = True
+            if any(run.status is not RunStatus.FAILED for run in runs):
+                at_service += 1  # adopted: a live run ingests it
+                continue
+            if len(runs) >= max_attempts:
+                at_service += 1  # adopted as failed for good: its attempts are used up
+                continue
+            if retry_mode is RetryMode.RETRIGGER:
+                retriggers += 1
+            else:
+                new += 1
+        elif entry is None or entry.state is WindowState.PENDING:
             new += 1
         elif entry.state is WindowState.FAILED and (retry_failed or entry.attempt < max_attempts):
             if retry_mode is RetryMode.RETRIGGER and entry.run_id is not None:
@@ -174,6 +205,7 @@ def _flow_preview(
         flow_id=flow.flow_id,
         planned=planned,
         done=done,
+        at_service=at_service,
         answer_lost=lost,
         new_runs=new,
         retriggers=retriggers,

@@ -207,3 +207,25 @@ async def test_kill_9_with_hidden_windows_bare_links_and_a_lagging_listing(
     assert finished.code == 0, finished.stderr
     assert not stats["duplicates"], f"{len(stats['duplicates'])} windows with two live runs"
     assert_exactly_once(stats, FLOW_FILE, hourly(START, hours))
+
+
+async def test_the_dry_run_counts_what_the_service_already_has(tmp_path: Path) -> None:
+    async with emulator() as emu:
+        env = cli_env(emu)
+        first = await run_cli(hourly_run(FLOW_FILE, 12, "--wait"), env, tmp_path)
+        assert first.code == 0, first.stderr
+        dry = await run_cli(
+            [*hourly_run(FLOW_FILE, 16, "--checkpoint", "new.jsonl"), "--dry-run", "--json"],
+            env,
+            tmp_path,
+        )
+        before = _posts(emu.stats())
+        real = await run_cli(hourly_run(FLOW_FILE, 16, "--checkpoint", "new.jsonl"), env, tmp_path)
+        stats = emu.stats()
+    assert dry.code == 0, dry.stderr
+    (flow,) = orjson.loads(dry.stdout)["flows"]
+    assert flow["at_service"] == 12
+    assert flow["to_send"] == 4
+    assert before == 12  # the dry run created nothing
+    assert real.code == 0, real.stderr
+    assert _posts(stats) - before == flow["to_send"]  # and the real run sent what it said
