@@ -151,11 +151,13 @@ class Board:
                 age = max(0.0, wall() - entry.since)
                 self._doubt(job, settle=max(0.0, options.reconcile_settle - age), delay=0.0)
                 flow.active += 1
-            elif state.active and entry.run_id is not None:
+            elif state.active and options.monitoring and entry.run_id is not None:
+                # Only runs followed now: a run id answered again in this process is caught
+                # against these and this process's own (an index of every recorded run would
+                # cost a million-window resume hundreds of MB).
                 self.owners[entry.run_id] = window
-                if options.monitoring:
-                    flow.tracked[entry.run_id] = window
-                    flow.active += 1
+                flow.tracked[entry.run_id] = window
+                flow.active += 1
             elif state is WindowState.FAILED and options.retry_failed:
                 # `retry`: every failed window gets a fresh --max-attempts, however many
                 # attempts the run before it allowed.
