@@ -10,20 +10,21 @@ backfill emulator [--host 127.0.0.1] [--port 8080] [faults]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import orjson
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import BackfillError, ExitCode
-from .job import find_checkpoints, plan_command, run_command, status_command
-from .logs import configure, json_mode, scrubber
-from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+# Start-up: this module imports only argparse and the error codes, so ``--help`` and a usage
+# error cost little. Settings (pydantic), logging (structlog), the job (asyncio, and aiohttp
+# once a run opens its session) are imported once the command line has parsed.
 
 __all__ = ["main"]
 
@@ -36,6 +37,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str, code: int) -> NoReturn:
+    import orjson  # noqa: PLC0415 - see the top: imported when needed
+
+    from .logs import json_mode, scrubber  # noqa: PLC0415
+
     message = scrubber.scrub(message)
     if json_mode():
         line = orjson.dumps(
@@ -235,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "status":
         checkpoints = flags.pop("checkpoint")
     config = namespace.get("config_file")
+    from .logs import configure  # noqa: PLC0415 - see the top: imported once parsed
+    from .settings import load_settings  # noqa: PLC0415
+
     try:
         settings = load_settings(flags, Path(config) if config else None)
     except BackfillError as exc:
@@ -257,7 +265,13 @@ def _dispatch(
     json_lines: bool,
 ) -> ExitCode:
     if command == "plan":
+        from .job import plan_command  # noqa: PLC0415 - see the top: what the command needs
+
         return plan_command(settings, as_json=bool(namespace.get("json")))
+    import asyncio  # noqa: PLC0415
+
+    from .job import find_checkpoints, run_command, status_command  # noqa: PLC0415
+
     if command == "status":
         return asyncio.run(
             status_command(

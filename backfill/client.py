@@ -14,9 +14,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -31,6 +30,9 @@ from .errors import (
     TransportError,
 )
 from .state import RunStatus
+
+if TYPE_CHECKING:
+    import aiohttp  # imported by the first request: plan and --help never load it
 
 __all__ = ["ApiIdentity", "CreatedRun", "FlowServiceClient", "Page", "RunInfo", "RunsApi"]
 
@@ -245,6 +247,8 @@ class FlowServiceClient:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
         try:
             async with self._session.request(method, url, data=body, headers=headers) as response:
                 raw = await response.read()

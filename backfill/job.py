@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 import structlog
 
@@ -42,6 +41,8 @@ from .settings import Settings
 from .state import WindowState
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .metrics import Metrics
 
 __all__ = ["plan_command", "run_command", "status_command"]
@@ -296,6 +297,8 @@ def _glob(pattern: Path) -> list[Path]:
 
 @contextlib.asynccontextmanager
 async def _session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    import aiohttp  # noqa: PLC0415 - only a run needs HTTP: plan and --help start faster
+
     connector = aiohttp.TCPConnector(limit=settings.concurrency + 8, ttl_dns_cache=300)
     # One deadline per request rather than aiohttp's per-read timer (sock_read), which is
     # rescheduled on every chunk received: measurably cheaper at thousands of requests a second.

@@ -12,8 +12,29 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 
 import orjson
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog without letting it import rich (a third of ``plan``'s start-up).
+
+    structlog's ``dev`` module imports rich, whenever it is installed, only to offer pretty
+    tracebacks; backfill renders tracebacks plainly (see ``configure``) and needs rich only for
+    the live display. So rich is hidden while structlog loads, and visible again at once. The
+    CLI imports this module before anything else that imports structlog.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402 - after the function above
+from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
 __all__ = ["SecretScrubber", "configure", "json_mode", "register_secret"]
 
@@ -101,7 +122,10 @@ def configure(
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=(stream or sys.stderr).isatty(),
+            exception_formatter=structlog.dev.plain_traceback,  # rich is for the display only
+        )
 
     def factory(*_args: Any) -> structlog.PrintLogger:
         # sys.stderr is looked up per logger, not once: the live progress display redirects
