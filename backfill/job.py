@@ -250,7 +250,7 @@ async def status_command(
         out.write(f"{journal.path}{shard}: {_describe_counts(counts)}\n")
         for flow in plan.flows:
             out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-        doubt = [w for w, e in journal.items() if e.in_doubt]
+        doubt = [w for w, _ in journal.items({WindowState.SUBMITTING})]
         for window in doubt[:20]:
             out.write(
                 f"  in doubt: {window.flow_id} {format_time(window.start)} .. "
@@ -258,7 +258,7 @@ async def status_command(
             )
         if len(doubt) > 20:
             out.write(f"  ... and {len(doubt) - 20} more in doubt\n")
-        failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
+        failed = list(journal.items({WindowState.FAILED}))
         for window, entry in failed[:20]:
             message = (entry.errors or [{}])[0].get("message", "")
             out.write(

@@ -22,8 +22,11 @@ import contextlib
 import fcntl
 import gc
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,7 +42,7 @@ from .errors import (
     PlanMismatch,
 )
 from .planner import Plan, Window
-from .state import BY_VALUE, MOVES, IllegalTransition, WindowState, check_transition
+from .state import MOVES, IllegalTransition, WindowState, check_transition
 
 __all__ = ["Entry", "Journal", "Replay"]
 
@@ -55,7 +58,7 @@ log = structlog.get_logger("backfill.journal")
 
 
 class Entry:
-    """What the journal knows of one window; absent from the index means pending."""
+    """What the journal knows of one window, as handed out (a copy; the index stores less)."""
 
     __slots__ = ("attempt", "errors", "old_runs", "retrigger", "run_id", "since", "state")
 
@@ -65,8 +68,8 @@ class Entry:
         self.run_id: str | None = None
         self.old_runs: tuple[str, ...] = ()  # earlier attempts' runs (new-run retries)
         self.errors: list[dict[str, str]] | None = None
-        self.since = 0.0  # wall time of the latest intent: bounds the reconciliation search
-        self.retrigger = False  # the latest intent re-triggers run_id rather than creating one
+        self.since = 0.0  # wall time of the pending intent: bounds the reconciliation search
+        self.retrigger = False  # the pending intent re-triggers run_id rather than creating one
 
     @property
     def in_doubt(self) -> bool:
@@ -74,6 +77,105 @@ class Entry:
 
     def all_runs(self) -> tuple[str, ...]:
         return (*self.old_runs, self.run_id) if self.run_id else self.old_runs
+
+
+# A window's state, attempt and re-trigger flag packed in one int: `attempt << 4 | flag << 3 |
+# state`; its run id as ASCII bytes (69 bytes rather than a str's 85). Ints, bytes and floats
+# are all the index holds for the common case, so its dicts are untracked by the cyclic
+# garbage collector (a million windows cost it nothing), and a window costs two dict slots,
+# its key and its run id: about 180 bytes.
+_STATES = tuple(WindowState)
+_STATE_AT = {state: i for i, state in enumerate(_STATES)}
+_INDEX_OF = {state.value: i for i, state in enumerate(_STATES)}
+_SUBMITTING = _STATE_AT[WindowState.SUBMITTING]
+_FAILED = _STATE_AT[WindowState.FAILED]
+_STATE_BITS = 7
+_RETRIGGER = 8
+_ATTEMPT_SHIFT = 4
+_LEGAL = frozenset(
+    (_STATE_AT[old] << 3) | _STATE_AT[new] for old, targets in MOVES.items() for new in targets
+)
+if _STATE_AT[WindowState.PENDING] != 0:  # pragma: no cover - a layout fact, checked on import
+    raise RuntimeError("an absent window (packed 0) must read as pending")
+
+
+class _Index:
+    """Every recorded window by key ``flow << 33 | start``, in flat dicts of plain values."""
+
+    __slots__ = ("errors", "old_runs", "packed", "run_flows", "runs", "since")
+
+    def __init__(self) -> None:
+        self.packed: dict[int, int] = {}  # state, attempt, re-trigger flag
+        self.runs: dict[int, bytes | str] = {}  # the latest run id (bytes when ASCII)
+        self.since: dict[int, float] = {}  # windows in SUBMITTING: when the intent was made
+        self.errors: dict[int, list[dict[str, str]]] = {}  # FAILED windows' run errors
+        self.old_runs: dict[int, tuple[str, ...]] = {}  # earlier runs (new-run retries)
+        self.run_flows: set[int] = set()  # flows with at least one run
+
+    def apply(self, key: int, record: dict[str, Any], new: int) -> None:
+        """One record's effect (``new`` is the state's position; the move was checked)."""
+        get = record.get
+        attempt = get("a")
+        if attempt is None:
+            attempt = self.packed.get(key, 0) >> _ATTEMPT_SHIFT
+        packed = (attempt << _ATTEMPT_SHIFT) | new
+        run_id = get("id")
+        if run_id is not None:
+            self.set_run(key, run_id)
+        if new == _SUBMITTING:
+            since = get("ts")
+            if since is not None:
+                self.since[key] = since
+            if get("m") == "re-trigger":
+                packed |= _RETRIGGER
+        elif self.since:
+            self.since.pop(key, None)
+        errors = get("err")
+        if errors is not None:
+            self.errors[key] = errors
+        elif new != _FAILED and self.errors:
+            self.errors.pop(key, None)
+        old = get("old")  # snapshots only
+        if old is not None:
+            self.old_runs[key] = tuple(old)
+        self.packed[key] = packed
+
+    def set_run(self, key: int, run_id: str) -> None:
+        stored: bytes | str = run_id.encode() if run_id.isascii() else run_id
+        previous = self.runs.get(key)
+        if previous == stored:
+            return
+        if previous is not None:
+            self.old_runs[key] = (*self.old_runs.get(key, ()), _text(previous))
+        else:
+            self.run_flows.add(key >> _SHIFT)
+        self.runs[key] = stored
+
+    def entry(self, key: int) -> Entry | None:
+        packed = self.packed.get(key)
+        if packed is None:
+            return None
+        entry = Entry()
+        entry.state = _STATES[packed & _STATE_BITS]
+        entry.attempt = packed >> _ATTEMPT_SHIFT
+        entry.retrigger = bool(packed & _RETRIGGER)
+        run_id = self.runs.get(key)
+        entry.run_id = _text(run_id) if run_id is not None else None
+        if self.old_runs:
+            entry.old_runs = self.old_runs.get(key, ())
+        if self.errors:
+            entry.errors = self.errors.get(key)
+        if self.since:
+            entry.since = self.since.get(key, 0.0)
+        return entry
+
+    def counts(self) -> dict[WindowState, int]:
+        found = Counter(packed & _STATE_BITS for packed in self.packed.values())
+        return {state: found.get(i, 0) for i, state in enumerate(_STATES)}
+
+
+def _text(run_id: bytes | str) -> str:
+    return run_id.decode() if isinstance(run_id, bytes) else run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +215,14 @@ class Journal:
         self._group_commit = group_commit
         self._durable = durable
         self._wall = wall
-        self._index: dict[int, Entry] = {}
+        self._index = _Index()
         self._counts = dict.fromkeys(WindowState, 0)  # recorded windows by state
         self._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._scheduled = False  # a flush is due on the loop (call_soon)
+        self._writing = False  # a batch is with the writer thread
+        self._writer: _Writer | None = None
         self._failure: CheckpointWriteError | None = None
         self.records = 0
         self.syncs = 0
@@ -242,13 +346,12 @@ class Journal:
             wall=wall,
         )
         journal._index = scan.index
-        for entry in scan.index.values():
-            journal._counts[entry.state] += 1
+        journal._counts = scan.index.counts()
         compacted = False
         if not readonly:
             if extended:
                 journal._write_now(_plan_record(plan, "plan"))
-            if scan.lines > _COMPACT_RATIO * len(scan.index) + _COMPACT_SLACK:
+            if scan.lines > _COMPACT_RATIO * len(scan.index.packed) + _COMPACT_SLACK:
                 journal._compact()
                 compacted = True
         journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
@@ -286,28 +389,45 @@ class Journal:
     # ---------------------------------------------------------------- reading
 
     def get(self, window: Window) -> Entry | None:
-        return self._index.get(_key(self._flow_index[window.flow_id], window.start))
+        """What is recorded of the window (a copy), or None: it is pending."""
+        return self._index.entry(_key(self._flow_index[window.flow_id], window.start))
 
     def state(self, window: Window) -> WindowState:
-        entry = self.get(window)
-        return entry.state if entry is not None else WindowState.PENDING
+        packed = self._index.packed.get(_key(self._flow_index[window.flow_id], window.start), 0)
+        return _STATES[packed & _STATE_BITS]
 
     def __len__(self) -> int:
         """Windows the journal has a record of (every other planned window is pending)."""
-        return len(self._index)
+        return len(self._index.packed)
 
-    def items(self) -> Iterator[tuple[Window, Entry]]:
-        """Every recorded window with its entry (windows no longer planned are skipped)."""
-        for key, entry in self._index.items():
-            flow = self.plan.flows[key >> _SHIFT]
-            window = flow.window_at(key & ((1 << _SHIFT) - 1))
-            if window is not None:
+    def items(
+        self, states: Collection[WindowState] | None = None
+    ) -> Iterator[tuple[Window, Entry]]:
+        """Every recorded window (in one of ``states``) with its entry; unplanned are skipped.
+
+        With ``states``, a window in another state costs a dict read, not a window and an
+        entry: a resume of a million finished windows looks only at the few still open.
+        """
+        wanted = None if states is None else {_STATE_AT[state] for state in states}
+        index = self._index
+        flows = self.plan.flows
+        mask = (1 << _SHIFT) - 1
+        for key, packed in index.packed.items():
+            if wanted is not None and packed & _STATE_BITS not in wanted:
+                continue
+            window = flows[key >> _SHIFT].window_at(key & mask)
+            entry = index.entry(key)
+            if window is not None and entry is not None:
                 yield window, entry
+
+    def has_run(self, flow_id: str) -> bool:
+        """Whether any window of the flow has a run (its delta column is then set)."""
+        return self._flow_index[flow_id] in self._index.run_flows
 
     def counts(self) -> dict[WindowState, int]:
         """Windows of this checkpoint's plan in each state (kept up to date, not counted)."""
         counts = dict(self._counts)
-        counts[WindowState.PENDING] += self._planned - len(self._index)
+        counts[WindowState.PENDING] += self._planned - len(self._index.packed)
         return counts
 
     # ---------------------------------------------------------------- writing
@@ -344,7 +464,7 @@ class Journal:
         """Make every record so far durable."""
         if self._failure is not None:
             raise self._failure
-        if not self._buffer and self._flusher is None:
+        if not self._buffer and not self._writing and not self._scheduled:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -360,6 +480,9 @@ class Journal:
             self._release()
 
     def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -384,12 +507,12 @@ class Journal:
             raise RuntimeError("the checkpoint is open read-only or closed")
         flow = self._flow_index[window.flow_id]
         key = _key(flow, window.start)
-        entry = self._index.get(key)
-        check_transition(entry.state if entry is not None else WindowState.PENDING, state)
-        if entry is None:
-            entry = self._index[key] = Entry()
+        packed = self._index.packed.get(key)
+        before = _STATES[packed & _STATE_BITS] if packed is not None else WindowState.PENDING
+        check_transition(before, state)
+        if packed is None:
             self._counts[WindowState.PENDING] += 1
-        self._counts[entry.state] -= 1
+        self._counts[before] -= 1
         self._counts[state] += 1
         record: dict[str, Any] = {"t": "w", "f": flow, "s": window.start, "st": state.value}
         if attempt is not None:
@@ -402,7 +525,7 @@ class Journal:
             record["ts"] = round(self._wall(), 3)
             if mode:
                 record["m"] = mode
-        _apply(entry, record, state)
+        self._index.apply(key, record, _STATE_AT[state])
         self._buffer.append(orjson.dumps(record) + b"\n")
         self.records += 1
         waiter: asyncio.Future[None] | None = None
@@ -413,41 +536,62 @@ class Journal:
         return waiter
 
     def _kick(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if not self._scheduled and not self._writing:
+            self._scheduled = True
+            # After every callback ready now: each task that is ready adds its record first,
+            # and one write and one fsync serve them all.
+            asyncio.get_running_loop().call_soon(self._start)
 
-    async def _flush(self) -> None:
+    def _start(self) -> None:
+        """Hand what is buffered to the writer thread; its waiters wake once it is on disk.
+
+        Per commit the event loop wakes once (the writer's ``call_soon_threadsafe``); there
+        is no flusher task, no executor future and no extra turn of the loop in between.
+        """
+        self._scheduled = False
+        if self._writing or self._failure is not None:
+            return
+        if self._group_commit:
+            lines, self._buffer = self._buffer, []
+            waiters, self._waiters = self._waiters, []
+        else:  # one fsync per record: only for the benchmark's comparison
+            lines, self._buffer = self._buffer[:1], self._buffer[1:]
+            waiters, self._waiters = self._waiters[:1], self._waiters[1:]
+        if not lines:  # a commit with nothing new: what it waited for is on disk
+            self._wake(waiters)
+            if self._buffer or self._waiters:
+                self._kick()
+            return
         loop = asyncio.get_running_loop()
-        try:
-            while self._buffer or self._waiters:
-                # Let every task that is ready add its record first: one write and one fsync
-                # for all of them, rather than one thread hand-off for the first alone.
-                await asyncio.sleep(0)
-                if self._group_commit:
-                    lines, self._buffer = self._buffer, []
-                    waiters, self._waiters = self._waiters, []
-                else:  # one fsync per record: only for the benchmark's comparison
-                    lines, self._buffer = self._buffer[:1], self._buffer[1:]
-                    waiters, self._waiters = self._waiters[:1], self._waiters[1:]
-                try:
-                    if lines:
-                        await loop.run_in_executor(None, self._write_sync, b"".join(lines))
-                except OSError as exc:
-                    self._failure = CheckpointWriteError(str(self.path), exc)
-                    log.error(  # noqa: TRY400 - the error is reported, not a traceback
-                        "checkpoint_write_failed", path=str(self.path), error=str(exc)
-                    )
-                    for waiter in (*waiters, *self._waiters):
-                        if not waiter.done():
-                            waiter.set_exception(self._failure)
-                    self._waiters = []
-                    self._buffer = []
-                    return
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._flusher = None
+        if self._writer is None:
+            self._writer = _Writer(self._write_sync)
+        self._writing = True
+
+        def written(error: OSError | None) -> None:  # in the writer thread
+            loop.call_soon_threadsafe(self._written, waiters, error)
+
+        self._writer.submit(b"".join(lines), written)
+
+    def _written(self, waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
+        self._writing = False
+        if error is not None:
+            self._failure = CheckpointWriteError(str(self.path), error)
+            log.error("checkpoint_write_failed", path=str(self.path), error=str(error))
+            for waiter in (*waiters, *self._waiters):
+                if not waiter.done():
+                    waiter.set_exception(self._failure)
+            self._waiters = []
+            self._buffer = []
+            return
+        self._wake(waiters)
+        if self._buffer or self._waiters:
+            self._start()  # what came in during the write goes at once
+
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future[None]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _write_sync(self, data: bytes) -> None:
         fd = self._fd
@@ -478,8 +622,11 @@ class Journal:
             with open(tmp, "wb") as out:
                 os.fchmod(out.fileno(), 0o600)
                 out.write(orjson.dumps(header) + b"\n")
-                for key, entry in self._index.items():
-                    out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
+                index = self._index
+                for key in index.packed:
+                    entry = index.entry(key)
+                    if entry is not None:
+                        out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -491,7 +638,38 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = _open_append(self.path)
-        log.info("checkpoint_compacted", path=str(self.path), windows=len(self._index))
+        log.info("checkpoint_compacted", path=str(self.path), windows=len(self))
+
+
+class _Writer:
+    """One thread that writes and fsyncs batches, so the event loop never waits on the disk."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._queue: queue.SimpleQueue[tuple[bytes, Callable[[OSError | None], None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="backfill-journal", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes, done: Callable[[OSError | None], None]) -> None:
+        self._queue.put((data, done))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            data, done = item
+            error: OSError | None = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                error = exc
+            try:
+                done(error)
+            except RuntimeError:  # the event loop is closed: nobody waits any more
+                return
 
 
 class _Scan:
@@ -500,7 +678,7 @@ class _Scan:
     def __init__(self) -> None:
         self.header: dict[str, Any] | None = None
         self.plan: Plan
-        self.index: dict[int, Entry] = {}
+        self.index = _Index()
         self.lines = 0
         self.good_bytes = 0
         self.torn_bytes = 0
@@ -512,16 +690,15 @@ class _Scan:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise CheckpointCorrupt(str(path), None, f"cannot be read ({exc.strerror})") from exc
-        # Millions of small objects are made and none is garbage: the cyclic collector would
-        # only rescan them over and over, now and at every later full collection. So it is off
-        # during the scan, and what the scan made is frozen out of its sight afterwards.
+        # Millions of records are parsed into dicts that die young: the cyclic collector would
+        # run every few hundred of them for nothing (what the index keeps, ints and bytes in
+        # flat dicts, is never tracked). So it is off during the scan.
         collecting = gc.isenabled()
         gc.disable()
         try:
             with handle:
                 scan._read(handle, path)
         finally:
-            gc.freeze()
             if collecting:
                 gc.enable()
         return scan
@@ -566,8 +743,14 @@ class _Scan:
     def _replay(self, records: list[Any], before: int, path: Path) -> None:
         """Apply a chunk of records; ``before`` lines of the file precede it."""
         index = self.index
-        moves = MOVES
-        states = BY_VALUE
+        packed = index.packed
+        runs = index.runs
+        run_flows = index.run_flows
+        since = index.since
+        errors = index.errors
+        apply = index.apply
+        positions = _INDEX_OF
+        legal = _LEGAL
         flows = len(self.plan.flows)
         number = before
         try:
@@ -578,17 +761,42 @@ class _Scan:
                     if not (0 <= flow < flows and type(start) is int):
                         raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
                     key = (flow << _SHIFT) | start
-                    entry = index.get(key)
-                    if entry is None:
-                        entry = index[key] = Entry()
-                    state = states[record["st"]]
-                    if state not in moves[entry.state]:
+                    old = packed.get(key, 0)
+                    new = positions[record["st"]]
+                    if ((old & _STATE_BITS) << 3) | new not in legal:
                         raise IllegalTransition(  # noqa: TRY301 - reported with its line below
-                            f"a window cannot go from {entry.state} to {state}"
+                            f"a window cannot go from {_STATES[old & 7]} to {_STATES[new]}"
                         )
-                    _apply(entry, record, state)
+                    # The two records of nearly every window, applied inline (what `apply` does
+                    # for them, without a call and its lookups): an intent, then its run id.
+                    attempt = record.get("a")
+                    if len(record) == 6 and type(attempt) is int:
+                        if new == _SUBMITTING:
+                            since_at = record.get("ts")
+                            if since_at is not None:  # {t f s st a ts}
+                                packed[key] = (attempt << _ATTEMPT_SHIFT) | new
+                                since[key] = since_at
+                                if errors:
+                                    errors.pop(key, None)
+                                continue
+                        else:
+                            run_id = record.get("id")
+                            if type(run_id) is str and run_id.isascii():  # {t f s st a id}
+                                packed[key] = (attempt << _ATTEMPT_SHIFT) | new
+                                if since:
+                                    since.pop(key, None)
+                                if errors and new != _FAILED:
+                                    errors.pop(key, None)
+                                if key in runs:
+                                    index.set_run(key, run_id)
+                                else:
+                                    runs[key] = run_id.encode()
+                                    if flow not in run_flows:
+                                        run_flows.add(flow)
+                                continue
+                    apply(key, record, new)
                 else:
-                    self._other(record, index)
+                    self._other(record)
                     flows = len(self.plan.flows)
         except (ValueError, KeyError, TypeError, IndexError, IllegalTransition) as exc:
             # A crash can only tear the last line short of its newline. A complete line that
@@ -609,7 +817,7 @@ class _Scan:
             raise ValueError("the header's fingerprint does not match its plan")
         self.header = record
 
-    def _other(self, record: dict[str, Any], index: dict[int, Entry]) -> None:
+    def _other(self, record: dict[str, Any]) -> None:
         """Records other than a window's move: snapshots (compaction) and plan extensions."""
         kind = record["t"]
         if kind == "snap":
@@ -617,8 +825,7 @@ class _Scan:
             start = record["s"]
             if not (0 <= flow < len(self.plan.flows) and type(start) is int):
                 raise ValueError(f"window {flow}/{start} is not in the plan")
-            entry = index.setdefault((flow << _SHIFT) | start, Entry())
-            _apply(entry, record, BY_VALUE[record["st"]])
+            self.index.apply((flow << _SHIFT) | start, record, _INDEX_OF[record["st"]])
         elif kind == "plan":
             plan = Plan.from_json(record["plan"])
             if plan.fingerprint() != record.get("fingerprint"):
@@ -626,32 +833,6 @@ class _Scan:
             self.plan = plan
         else:
             raise ValueError(f"unknown record type {kind!r}")
-
-
-def _apply(entry: Entry, record: dict[str, Any], state: WindowState) -> None:
-    """One record's effect on a window's entry (the replay's hot path: few lookups)."""
-    entry.state = state
-    get = record.get
-    attempt = get("a")
-    if attempt is not None:
-        entry.attempt = attempt
-    run_id = get("id")
-    if run_id is not None and run_id != entry.run_id:
-        if entry.run_id is not None:
-            entry.old_runs = (*entry.old_runs, entry.run_id)
-        entry.run_id = run_id
-    since = get("ts")
-    if since is not None:  # an intent: when, and whether it re-triggers
-        entry.since = since
-        entry.retrigger = get("m") == "re-trigger"
-    errors = get("err")
-    if errors is not None:
-        entry.errors = errors
-    elif entry.errors is not None and state is not WindowState.FAILED:
-        entry.errors = None
-    old = get("old")  # snapshots only
-    if old is not None:
-        entry.old_runs = tuple(old)
 
 
 def _snapshot(key: int, entry: Entry) -> dict[str, Any]:

@@ -102,10 +102,18 @@ class Board:
             )
             for flow in plan.flows
         }
-        for window, entry in self.journal.items():
-            flow = self.flows[window.flow_id]
-            if entry.run_id is not None:
+        for flow in self.flows.values():
+            if self.journal.has_run(flow.plan.flow_id):
                 flow.gate = Gate.OPEN  # the flow has a run: its delta column is set
+        # Only windows left open matter here: on a resume of a million finished windows, the
+        # journal skips the rest without building a window or an entry for each.
+        wanted = {WindowState.SUBMITTING}
+        if options.monitoring:
+            wanted |= {WindowState.SUBMITTED, WindowState.RUNNING}
+        if options.retry_failed:
+            wanted.add(WindowState.FAILED)
+        for window, entry in self.journal.items(wanted):
+            flow = self.flows[window.flow_id]
             state = entry.state
             if state is WindowState.SUBMITTING:
                 job = Job(window, entry.attempt)

@@ -1,7 +1,8 @@
 """Submission: one window's request, from its durable intent to its recorded run id.
 
     journal "submitting" (durable) -> rate permit -> POST /runs (or re-trigger)
-        -> journal "submitted" (durable)
+        -> journal "submitted" (durable with the next commit; a crash before it leaves the
+           window in doubt, and reconciliation adopts the run)
     answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
 
 The permit comes last, once the intent is on disk: how long an fsync takes varies, and it must
@@ -114,7 +115,11 @@ class Submitter:
                 else:
                     control.fail(exc)
                 return True
-        await journal.record(
+        # Not waited for: the next commit (the next intent's, or the last one at exit) makes
+        # it durable. A crash before then loses it, and the window, whose intent is durable,
+        # is in doubt on resume: reconciliation adopts this run from the service's listing.
+        # One fsync wait per window instead of two.
+        journal.record_nowait(
             window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
         )
         log.debug(
