@@ -185,16 +185,25 @@ class _SlidingCount:
         head = self._head
         if index - head >= span:
             return when
-        # Buckets up to index - span have left the window by `when`.
-        first = max(head - span + 1, index - span + 1)
-        excess = sum(counts[i % span] for i in range(first, head + 1)) + 1 - self._limit
+        # By `when`, the buckets up to index - span have left the window: the oldest
+        # `index - head` of the ring (none while `when` is in the newest bucket).
+        oldest = head - span + 1
+        current = index - span + 1
+        in_window = self._total
+        for bucket in range(oldest, current):
+            in_window -= counts[bucket % span]
+        excess = in_window + 1 - self._limit
         if excess <= 0:
             return when
-        for bucket in range(first, head + 1):
+        for bucket in range(max(oldest, current), head + 1):
             excess -= counts[bucket % span]
             if excess <= 0:
-                return max(when, (bucket + span) * self._width)  # when it leaves the window
-        return max(when, (head + span) * self._width)  # not reached: the limit is at least 1
+                return max(when, self._leaves(bucket))
+        return max(when, self._leaves(head))  # not reached: the limit is at least 1
+
+    def _leaves(self, bucket: int) -> float:
+        """When a bucket's grants leave every window (a hair late: ``//`` rounds floats)."""
+        return (bucket + len(self._counts) + 1e-6) * self._width
 
 
 @dataclass(frozen=True, slots=True)
