@@ -127,10 +127,18 @@ def configure(
             exception_formatter=structlog.dev.plain_traceback,  # rich is for the display only
         )
 
+    printers: dict[int, tuple[TextIO, structlog.PrintLogger]] = {}
+
     def factory(*_args: Any) -> structlog.PrintLogger:
         # sys.stderr is looked up per logger, not once: the live progress display redirects
-        # it while it runs, so log lines print above the display instead of through it.
-        return structlog.PrintLogger(stream or (sys.stdout if _json else sys.stderr))
+        # it while it runs, so log lines print above the display instead of through it. The
+        # printer of each stream is made once (a logger is bound at every call, even a
+        # filtered one: building a printer each time cost the engine microseconds a window).
+        out = stream or (sys.stdout if _json else sys.stderr)
+        known = printers.get(id(out))
+        if known is None or known[0] is not out:
+            known = printers[id(out)] = (out, structlog.PrintLogger(out))
+        return known[1]
 
     structlog.configure(
         processors=[*shared, scrubber, _drop_empty, renderer],
