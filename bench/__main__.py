@@ -24,12 +24,12 @@ from typing import Any
 
 import orjson
 
-from bench import emulator, journal, monitoring, planning, rate, scaling, throughput
+from bench import emulator, journal, monitoring, planning, rate, scaling, startup, throughput
 from bench.common import ROOT, Result, Settings, fmt, machine, stop_all
 
 SCENARIOS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (emulator, rate, throughput, planning, journal, monitoring, scaling)
+    for module in (startup, emulator, rate, throughput, planning, journal, monitoring, scaling)
 }
 DEFAULT_RESULTS = ROOT / "bench" / "results.json"
 
