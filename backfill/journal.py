@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,11 +79,12 @@ class Entry:
         return (*self.old_runs, self.run_id) if self.run_id else self.old_runs
 
 
-# A window's state, attempt and re-trigger flag packed in one int: `attempt << 4 | flag << 3 |
-# state`; its run id as ASCII bytes (69 bytes rather than a str's 85). Ints, bytes and floats
-# are all the index holds for the common case, so its dicts are untracked by the cyclic
-# garbage collector (a million windows cost it nothing), and a window costs two dict slots,
-# its key and its run id: about 180 bytes.
+# A window is one value in one dict, by key ``flow << 33 | start``: its state, attempt and
+# re-trigger flag packed in an int, `attempt << 4 | flag << 3 | state`; once it has a run, its
+# run id's UTF-8 bytes followed by that int in 8 bytes (big-endian: the state is in the last
+# byte). Ints and bytes are all the index holds for the common case, so its dicts are untracked
+# by the cyclic garbage collector (a million windows cost it nothing), and a window costs one
+# dict slot, its key and one small object: about 160 bytes with a run id of 36 characters.
 _STATES = tuple(WindowState)
 _STATE_AT = {state: i for i, state in enumerate(_STATES)}
 _INDEX_OF = {state.value: i for i, state in enumerate(_STATES)}
@@ -92,42 +93,61 @@ _FAILED = _STATE_AT[WindowState.FAILED]
 _STATE_BITS = 7
 _RETRIGGER = 8
 _ATTEMPT_SHIFT = 4
+_WORD = 8  # bytes of the packed int after a run id
 _LEGAL = frozenset(
     (_STATE_AT[old] << 3) | _STATE_AT[new] for old, targets in MOVES.items() for new in targets
 )
 if _STATE_AT[WindowState.PENDING] != 0:  # pragma: no cover - a layout fact, checked on import
     raise RuntimeError("an absent window (packed 0) must read as pending")
 
+Value = int | bytes
+
+
+def _word(value: Value) -> int:
+    """The packed state, attempt and flag of a value."""
+    return value if isinstance(value, int) else int.from_bytes(value[-_WORD:])
+
+
+def _state_of(value: Value) -> int:
+    """The state's position alone: the low bits of the int, or of the last byte."""
+    return (value if isinstance(value, int) else value[-1]) & _STATE_BITS
+
 
 class _Index:
-    """Every recorded window by key ``flow << 33 | start``, in flat dicts of plain values."""
+    """Every recorded window, in flat dicts of plain values (see above)."""
 
-    __slots__ = ("errors", "old_runs", "packed", "run_flows", "runs", "since")
+    __slots__ = ("errors", "old_runs", "run_flows", "since", "suffixes", "windows")
 
     def __init__(self) -> None:
-        self.packed: dict[int, int] = {}  # state, attempt, re-trigger flag
-        self.runs: dict[int, bytes | str] = {}  # the latest run id (bytes when ASCII)
+        self.windows: dict[int, Value] = {}
         self.since: dict[int, float] = {}  # windows in SUBMITTING: when the intent was made
         self.errors: dict[int, list[dict[str, str]]] = {}  # FAILED windows' run errors
         self.old_runs: dict[int, tuple[str, ...]] = {}  # earlier runs (new-run retries)
         self.run_flows: set[int] = set()  # flows with at least one run
+        self.suffixes: dict[int, bytes] = {}  # packed int -> its 8 bytes (a handful in use)
+
+    def suffix(self, word: int) -> bytes:
+        known = self.suffixes.get(word)
+        if known is None:
+            known = self.suffixes[word] = word.to_bytes(_WORD)
+        return known
 
     def apply(self, key: int, record: dict[str, Any], new: int) -> None:
         """One record's effect (``new`` is the state's position; the move was checked)."""
         get = record.get
+        value = self.windows.get(key, 0)
         attempt = get("a")
         if attempt is None:
-            attempt = self.packed.get(key, 0) >> _ATTEMPT_SHIFT
-        packed = (attempt << _ATTEMPT_SHIFT) | new
-        run_id = get("id")
-        if run_id is not None:
-            self.set_run(key, run_id)
+            attempt = _word(value) >> _ATTEMPT_SHIFT
+        if attempt >= 1 << 59:
+            raise ValueError(f"attempt {attempt} is not a number of attempts")
+        word = (attempt << _ATTEMPT_SHIFT) | new
         if new == _SUBMITTING:
             since = get("ts")
             if since is not None:
                 self.since[key] = since
             if get("m") == "re-trigger":
-                packed |= _RETRIGGER
+                word |= _RETRIGGER
         elif self.since:
             self.since.pop(key, None)
         errors = get("err")
@@ -138,29 +158,28 @@ class _Index:
         old = get("old")  # snapshots only
         if old is not None:
             self.old_runs[key] = tuple(old)
-        self.packed[key] = packed
-
-    def set_run(self, key: int, run_id: str) -> None:
-        stored: bytes | str = run_id.encode() if run_id.isascii() else run_id
-        previous = self.runs.get(key)
-        if previous == stored:
-            return
-        if previous is not None:
-            self.old_runs[key] = (*self.old_runs.get(key, ()), _text(previous))
-        else:
-            self.run_flows.add(key >> _SHIFT)
-        self.runs[key] = stored
+        run = value[:-_WORD] if isinstance(value, bytes) else None
+        run_id = get("id")
+        if run_id is not None:
+            given = run_id.encode()
+            if run is not None and run != given:
+                self.old_runs[key] = (*self.old_runs.get(key, ()), run.decode())
+            elif run is None:
+                self.run_flows.add(key >> _SHIFT)
+            run = given
+        self.windows[key] = word if run is None else run + self.suffix(word)
 
     def entry(self, key: int) -> Entry | None:
-        packed = self.packed.get(key)
-        if packed is None:
+        value = self.windows.get(key)
+        if value is None:
             return None
+        word = _word(value)
         entry = Entry()
-        entry.state = _STATES[packed & _STATE_BITS]
-        entry.attempt = packed >> _ATTEMPT_SHIFT
-        entry.retrigger = bool(packed & _RETRIGGER)
-        run_id = self.runs.get(key)
-        entry.run_id = _text(run_id) if run_id is not None else None
+        entry.state = _STATES[word & _STATE_BITS]
+        entry.attempt = word >> _ATTEMPT_SHIFT
+        entry.retrigger = bool(word & _RETRIGGER)
+        if isinstance(value, bytes):
+            entry.run_id = value[:-_WORD].decode()
         if self.old_runs:
             entry.old_runs = self.old_runs.get(key, ())
         if self.errors:
@@ -170,12 +189,8 @@ class _Index:
         return entry
 
     def counts(self) -> dict[WindowState, int]:
-        found = Counter(packed & _STATE_BITS for packed in self.packed.values())
+        found = Counter(map(_state_of, self.windows.values()))
         return {state: found.get(i, 0) for i, state in enumerate(_STATES)}
-
-
-def _text(run_id: bytes | str) -> str:
-    return run_id.decode() if isinstance(run_id, bytes) else run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +366,7 @@ class Journal:
         if not readonly:
             if extended:
                 journal._write_now(_plan_record(plan, "plan"))
-            if scan.lines > _COMPACT_RATIO * len(scan.index.packed) + _COMPACT_SLACK:
+            if scan.lines > _COMPACT_RATIO * len(scan.index.windows) + _COMPACT_SLACK:
                 journal._compact()
                 compacted = True
         journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
@@ -393,12 +408,12 @@ class Journal:
         return self._index.entry(_key(self._flow_index[window.flow_id], window.start))
 
     def state(self, window: Window) -> WindowState:
-        packed = self._index.packed.get(_key(self._flow_index[window.flow_id], window.start), 0)
-        return _STATES[packed & _STATE_BITS]
+        value = self._index.windows.get(_key(self._flow_index[window.flow_id], window.start), 0)
+        return _STATES[_state_of(value)]
 
     def __len__(self) -> int:
         """Windows the journal has a record of (every other planned window is pending)."""
-        return len(self._index.packed)
+        return len(self._index.windows)
 
     def items(
         self, states: Collection[WindowState] | None = None
@@ -412,13 +427,27 @@ class Journal:
         index = self._index
         flows = self.plan.flows
         mask = (1 << _SHIFT) - 1
-        for key, packed in index.packed.items():
-            if wanted is not None and packed & _STATE_BITS not in wanted:
+        for key, value in index.windows.items():
+            if wanted is not None and _state_of(value) not in wanted:
                 continue
             window = flows[key >> _SHIFT].window_at(key & mask)
             entry = index.entry(key)
             if window is not None and entry is not None:
                 yield window, entry
+
+    def unfinished(self, windows: Iterable[Window]) -> Iterator[Window]:
+        """Those of ``windows`` that are pending or failed: the only ones a run may send.
+
+        A resume walks every planned window; this skips the finished ones at the cost of one
+        dict read each, without building an entry or a state.
+        """
+        get = self._index.windows.get
+        flow_index = self._flow_index
+        for window in windows:
+            value = get((flow_index[window.flow_id] << _SHIFT) | window.start, 0)
+            bits = (value if isinstance(value, int) else value[-1]) & _STATE_BITS
+            if bits in (0, _FAILED):  # pending (0) or failed
+                yield window
 
     def has_run(self, flow_id: str) -> bool:
         """Whether any window of the flow has a run (its delta column is then set)."""
@@ -427,7 +456,7 @@ class Journal:
     def counts(self) -> dict[WindowState, int]:
         """Windows of this checkpoint's plan in each state (kept up to date, not counted)."""
         counts = dict(self._counts)
-        counts[WindowState.PENDING] += self._planned - len(self._index.packed)
+        counts[WindowState.PENDING] += self._planned - len(self._index.windows)
         return counts
 
     # ---------------------------------------------------------------- writing
@@ -507,10 +536,10 @@ class Journal:
             raise RuntimeError("the checkpoint is open read-only or closed")
         flow = self._flow_index[window.flow_id]
         key = _key(flow, window.start)
-        packed = self._index.packed.get(key)
-        before = _STATES[packed & _STATE_BITS] if packed is not None else WindowState.PENDING
+        value = self._index.windows.get(key)
+        before = _STATES[_state_of(value)] if value is not None else WindowState.PENDING
         check_transition(before, state)
-        if packed is None:
+        if value is None:
             self._counts[WindowState.PENDING] += 1
         self._counts[before] -= 1
         self._counts[state] += 1
@@ -623,7 +652,7 @@ class Journal:
                 os.fchmod(out.fileno(), 0o600)
                 out.write(orjson.dumps(header) + b"\n")
                 index = self._index
-                for key in index.packed:
+                for key in index.windows:
                     entry = index.entry(key)
                     if entry is not None:
                         out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
@@ -743,11 +772,11 @@ class _Scan:
     def _replay(self, records: list[Any], before: int, path: Path) -> None:
         """Apply a chunk of records; ``before`` lines of the file precede it."""
         index = self.index
-        packed = index.packed
-        runs = index.runs
+        windows = index.windows
         run_flows = index.run_flows
         since = index.since
         errors = index.errors
+        suffix = index.suffix
         apply = index.apply
         positions = _INDEX_OF
         legal = _LEGAL
@@ -761,38 +790,36 @@ class _Scan:
                     if not (0 <= flow < flows and type(start) is int):
                         raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
                     key = (flow << _SHIFT) | start
-                    old = packed.get(key, 0)
+                    old = windows.get(key, 0)
                     new = positions[record["st"]]
-                    if ((old & _STATE_BITS) << 3) | new not in legal:
+                    if (_state_of(old) << 3) | new not in legal:
                         raise IllegalTransition(  # noqa: TRY301 - reported with its line below
-                            f"a window cannot go from {_STATES[old & 7]} to {_STATES[new]}"
+                            f"a window cannot go from {_STATES[_state_of(old)]} to {_STATES[new]}"
                         )
                     # The two records of nearly every window, applied inline (what `apply` does
                     # for them, without a call and its lookups): an intent, then its run id.
                     attempt = record.get("a")
-                    if len(record) == 6 and type(attempt) is int:
+                    if len(record) == 6 and type(attempt) is int and type(old) is int:
                         if new == _SUBMITTING:
                             since_at = record.get("ts")
-                            if since_at is not None:  # {t f s st a ts}
-                                packed[key] = (attempt << _ATTEMPT_SHIFT) | new
+                            if since_at is not None:  # {t f s st a ts}, no run yet
+                                windows[key] = (attempt << _ATTEMPT_SHIFT) | new
                                 since[key] = since_at
                                 if errors:
                                     errors.pop(key, None)
                                 continue
                         else:
                             run_id = record.get("id")
-                            if type(run_id) is str and run_id.isascii():  # {t f s st a id}
-                                packed[key] = (attempt << _ATTEMPT_SHIFT) | new
+                            if type(run_id) is str and attempt < 1 << 59:  # {t f s st a id}
+                                windows[key] = run_id.encode() + suffix(
+                                    (attempt << _ATTEMPT_SHIFT) | new
+                                )
                                 if since:
                                     since.pop(key, None)
                                 if errors and new != _FAILED:
                                     errors.pop(key, None)
-                                if key in runs:
-                                    index.set_run(key, run_id)
-                                else:
-                                    runs[key] = run_id.encode()
-                                    if flow not in run_flows:
-                                        run_flows.add(flow)
+                                if flow not in run_flows:
+                                    run_flows.add(flow)
                                 continue
                     apply(key, record, new)
                 else:
