@@ -1,12 +1,12 @@
 """Scenario "rate": exact rates at 5/s, 50/s and 200/s, and four limiters on the same load.
 
 For each speed N, a fresh emulator refuses (429) more than N requests in any sliding second,
-and the real CLI runs ``--rate N/s`` for 60 s worth of windows (``--quick``: 4 s). Everything
+and the real CLI runs ``--rate N/s`` for 60 s worth of windows (``--quick``: 3 s). Everything
 is judged on the server's side: the sustained rate from the runs' creation times, the 429s,
 the most requests in one sliding second. The CLI's CPU while it waits on the limiter is its
 CPU over its wall time (a share of one core), start-up included.
 
-Then the same load (20 s worth of windows; ``--quick``: 50/s only, 4 s) goes through four
+Then the same load (20 s worth of windows; ``--quick``: 50/s only, 3 s) goes through four
 limiters in one small aiohttp client (``bench/limiter_client.py``): backfill's
 ``RateLimiter``, a bare 20-line GCRA, aiolimiter's ``AsyncLimiter`` and asyncio-throttle's
 ``Throttler``, each against a fresh emulator. One run per speed and limiter (the runs are
@@ -40,7 +40,7 @@ TITLE = "Rate: --rate 5/50/200 per second against a sliding-second limit; four l
 SPEEDS = (5, 50, 200)
 SECONDS = 60
 COMPARE_SECONDS = 20
-QUICK_SECONDS = 4
+QUICK_SECONDS = 3
 SHARE_TARGET = 0.98  # of the rate, sustained
 CPU_TARGET = 0.05  # of a core while waiting, at 50/s
 
