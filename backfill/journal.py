@@ -10,9 +10,11 @@ File format, one JSON object per line:
 
 ``f`` indexes the plan's flows (an extension only appends flows, so indexes are stable) and
 ``s`` is the window's start. Every record is applied to the in-memory index at once and
-written by a single flusher: workers that wait for durability share one ``fsync`` (group
-commit). A torn last line is dropped; a bad line anywhere else stops everything and the file
-is left exactly as it was. Compaction rewrites it atomically. Secrets never enter it.
+written, in order, by one writer thread: ``record`` returns once it is durable, and every
+task waiting at that moment shares one ``fsync`` (group commit); ``record_nowait`` returns at
+once, and the record is durable with the next commit. A torn last line is dropped; a bad line
+anywhere else stops everything and the file is left exactly as it was. Compaction rewrites it
+atomically. Secrets never enter it.
 """
 
 from __future__ import annotations
