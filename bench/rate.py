@@ -166,7 +166,7 @@ def run(settings: Settings) -> Result:
             "CPU / wall time of the whole run, start-up included",
         )
     for (limiter, speed), view in compared.items():
-        label = f"{limiter} at {speed}/s"
+        label = f"same load, {limiter} limiter at {speed}/s"
         result.figure(f"{label}: sustained / target", "x", [ratio(view["sustained_per_s"], speed)])
         result.figure(
             f"{label}: most in a sliding second / target",
