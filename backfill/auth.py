@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import orjson
 from pydantic import SecretStr
 
-from .errors import AuthError, RetryableError, TransportError
+from .errors import AuthError, ConfigError, RetryableError, TransportError
 from .limits import Clock, monotonic
 
 if TYPE_CHECKING:
@@ -127,7 +127,19 @@ class ClientCredentials:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"IMS unreachable: {exc}", request=what, in_doubt=False) from exc
+            if self._token is None and isinstance(
+                exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientConnectorDNSError
+            ):
+                # The first fetch: a host that does not resolve or a TLS handshake with a
+                # plain-http server is a wrong URL, not an outage worth retrying.
+                raise ConfigError(
+                    "ims_url",
+                    f"{self._url} cannot be reached ({exc.os_error}); check BACKFILL_IMS_URL "
+                    f"(the default is {IMS_URL})",
+                ) from exc
+            raise TransportError(
+                f"IMS unreachable at {self._url}: {exc}", request=what, in_doubt=False
+            ) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise TransportError(
                 f"IMS did not answer: {exc}", request=what, in_doubt=False

@@ -1,48 +1,74 @@
 """The ``backfill`` command: parse arguments, build settings, call the job, map errors to exits.
 
-backfill plan     [--config F] [--flow-id ID --start T --end T --window D] [--json]
-backfill run      [--config F] [--flow-id ...] [--delta-column NAME] [options]
-backfill retry    --checkpoint PATH [options]
-backfill status   --checkpoint PATH [--json] [--refresh]
-backfill emulator [--host 127.0.0.1] [--port 8080] [faults]
+backfill plan       [--config F] [--flow-id ID --start T --end T --window D] [--json]
+backfill run        [--config F] [--flow-id ...] [--delta-column NAME] [options] [--dry-run]
+backfill retry      --checkpoint PATH [run options]
+backfill status     --checkpoint PATH [--json] [--refresh] [--html FILE]
+backfill completion bash|zsh
+backfill emulator   [--host 127.0.0.1] [--port 8080] [faults]
+
+Usage errors are one line on stderr, JSON when stderr is not a terminal (like every error),
+with "did you mean" for a mistyped option. Option names are never abbreviated: ``--win`` is
+not ``--window``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
+
+import orjson
 
 from . import __version__
-from .errors import BackfillError, ExitCode
+from .logs import configure, scrubber  # first: it loads structlog without rich (see logs.py)
 
-if TYPE_CHECKING:
-    from .settings import Settings
-
-# Start-up: this module imports only argparse and the error codes, so ``--help`` and a usage
-# error cost little. Settings (pydantic), logging (structlog), the job (asyncio, and aiohttp
-# once a run opens its session) are imported once the command line has parsed.
+# isort: split
+from .engine import OnFailure, RetryMode
+from .errors import BackfillError, ConfigError, ExitCode
+from .job import (
+    CONFIRM_ABOVE,
+    dry_run_command,
+    find_checkpoints,
+    plan_command,
+    run_command,
+    status_command,
+)
+from .planner import Order
+from .settings import Settings, did_you_mean, load_settings, requested_log_format
 
 __all__ = ["main"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit 2."""
+    """argparse, but a usage error is one line on stderr and exit 2, and no abbreviations."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        _fail(f"{self.prog}: {message} (see {self.prog} --help)", ExitCode.USAGE)
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            known = re.findall(r"'([^']*)'", choice.group(2))
+            message = f"{message}{did_you_mean(choice.group(1), known)}"
+        _fail(f"{message} (see {self.prog} --help)", ExitCode.USAGE)
+
+
+# Whether errors are JSON lines: set from --log-format once settings are read; before that
+# (a usage error), JSON exactly when stderr is not a terminal.
+_errors_as_json: bool | None = None
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    import orjson  # noqa: PLC0415 - see the top: imported when needed
-
-    from .logs import json_mode, scrubber  # noqa: PLC0415
-
     message = scrubber.scrub(message)
-    if json_mode():
+    as_json = _errors_as_json if _errors_as_json is not None else not sys.stderr.isatty()
+    if as_json:
         line = orjson.dumps(
             {"level": "error", "event": "error", "message": message, "exit_code": code}
         )
@@ -52,8 +78,9 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def _flag(group: Any, name: str, help: str, **kwargs: Any) -> None:
-    group.add_argument(f"--{name}", default=argparse.SUPPRESS, help=help, **kwargs)
+def _flag(group: Any, name: str, help: str, values: Sequence[str] = (), **kwargs: Any) -> None:
+    action = group.add_argument(f"--{name}", default=argparse.SUPPRESS, help=help, **kwargs)
+    action.completion_values = tuple(values)  # what shell completion offers
 
 
 def _plan_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,32 +120,39 @@ def _plan_flags(parser: argparse.ArgumentParser) -> None:
     _flag(
         group, "shard", "this process's shard INDEX/COUNT (or JOB_COMPLETION_INDEX)", metavar="I/N"
     )
+    _flag(
+        group,
+        "shard-count",
+        "shards in all, with JOB_COMPLETION_INDEX as this one's index",
+        metavar="N",
+    )
 
 
-def _run_flags(parser: argparse.ArgumentParser, *, plan: bool) -> None:
-    if plan:
-        _plan_flags(parser)
-        _flag(
-            parser,
-            "delta-column",
-            "delta column of a table-based flow (first run only)",
-            metavar="NAME",
-        )
-        _flag(
-            parser,
-            "extend",
-            "accept a plan that only adds windows to the checkpoint's",
-            action="store_true",
-        )
-        _flag(
-            parser,
-            "retry-failed",
-            "also send again windows that failed for good",
-            action="store_true",
-        )
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """Every option of ``run``; ``retry`` takes them all too."""
+    _plan_flags(parser)
+    _flag(
+        parser,
+        "delta-column",
+        "delta column of a table-based flow (first run only)",
+        metavar="NAME",
+    )
+    _flag(
+        parser,
+        "extend",
+        "accept a plan that only adds windows to the checkpoint's",
+        action="store_true",
+    )
+    _flag(
+        parser,
+        "retry-failed",
+        "also send again windows that failed for good",
+        action="store_true",
+    )
     api = parser.add_argument_group("service (credentials come from the environment only)")
     _flag(api, "base-url", "Flow Service base URL (https, or http to loopback)", metavar="URL")
     _flag(api, "ims-url", "IMS token endpoint for client credentials", metavar="URL")
+    _flag(api, "scopes", "IMS scopes, comma-separated (default: the Platform's)", metavar="LIST")
     _flag(api, "api-key", "x-api-key: the credential's client id", metavar="KEY")
     _flag(api, "org-id", "x-gw-ims-org-id, like ABC123@AdobeOrg", metavar="ORG")
     _flag(api, "sandbox-name", "x-sandbox-name (default prod)", metavar="NAME")
@@ -139,7 +173,26 @@ def _run_flags(parser: argparse.ArgumentParser, *, plan: bool) -> None:
         metavar="RATE",
     )
     _flag(how, "concurrency", "requests in flight at most (default 16)", metavar="N")
-    _flag(how, "order", "oldest-first (default) or newest-first", metavar="ORDER")
+    _flag(
+        how,
+        "order",
+        "oldest-first (default) or newest-first",
+        values=[o.value for o in Order],
+        metavar="ORDER",
+    )
+    _flag(
+        how,
+        "max-retries",
+        "retries of a failing request, listing, poll or token fetch before exit 75 (default 10)",
+        metavar="N",
+    )
+    _flag(how, "backoff-max", "longest wait between two retries (default 30)", metavar="S")
+    _flag(
+        how,
+        "max-retry-after",
+        "a longer Retry-After ends the run with exit 75 (default 900)",
+        metavar="S",
+    )
     _flag(
         how,
         "grace",
@@ -150,21 +203,40 @@ def _run_flags(parser: argparse.ArgumentParser, *, plan: bool) -> None:
     _flag(runs, "wait", "follow every run until it succeeds or fails", action="store_true")
     _flag(runs, "max-active-runs", "runs of one flow scheduled or running at once", metavar="N")
     _flag(runs, "max-attempts", "runs per window before it fails for good (default 3)", metavar="N")
-    _flag(runs, "retry-mode", "re-trigger (default) or new-run", metavar="MODE")
+    _flag(
+        runs,
+        "retry-mode",
+        "re-trigger (default) or new-run",
+        values=[m.value for m in RetryMode],
+        metavar="MODE",
+    )
     _flag(
         runs,
         "on-failure",
         "continue (default) or stop after a window fails for good",
+        values=[o.value for o in OnFailure],
         metavar="WHAT",
     )
     _flag(runs, "poll-interval", "seconds between status polls (default 10)", metavar="S")
     _flag(
         runs, "reconcile-delay", "seconds before looking up a lost answer (default 2)", metavar="S"
     )
+    _flag(
+        runs,
+        "reconcile-settle",
+        "seconds a lost answer is looked up before its window is sent again (default 60)",
+        metavar="S",
+    )
+    _flag(
+        runs,
+        "existing-runs",
+        "adopt (default): windows the service already has runs for are recorded, not sent; "
+        "ignore: send regardless (needs --yes)",
+        metavar="WHAT",
+    )
     out = parser.add_argument_group("output")
     _flag(out, "report", "write a JSON report here at the end", metavar="FILE")
-    _flag(out, "log-format", "auto (default), json or console", metavar="FMT")
-    _flag(out, "log-level", "debug, info (default), warning or error", metavar="LEVEL")
+    _log_flags(out)
     _flag(
         out,
         "progress-interval",
@@ -173,6 +245,30 @@ def _run_flags(parser: argparse.ArgumentParser, *, plan: bool) -> None:
     )
     _flag(out, "metrics-port", "serve Prometheus metrics on this port", metavar="PORT")
     _flag(out, "metrics-file", "write Prometheus metrics here at exit", metavar="FILE")
+    ask = parser.add_argument_group("before sending")
+    _flag(
+        ask,
+        "dry-run",
+        "check everything and print what would be sent; send nothing, write nothing",
+        action="store_true",
+    )
+    _flag(ask, "json", "with --dry-run: one JSON document", action="store_true")
+    _flag(
+        ask,
+        "yes",
+        f"do not ask on a terminal before creating more than {CONFIRM_ABOVE:,} runs; confirm "
+        "--existing-runs ignore (which may ingest windows twice)",
+        action="store_true",
+    )
+
+
+_LOG_FORMATS = ("auto", "json", "console")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_flags(group: Any) -> None:
+    _flag(group, "log-format", "auto (default), json or console", _LOG_FORMATS, metavar="FMT")
+    _flag(group, "log-level", "debug, info (default), warning or error", _LOG_LEVELS, metavar="L")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(plan, "json", "one JSON object per window per line", action="store_true")
 
     run = commands.add_parser("run", help="submit every window not yet accepted; resumable")
-    _run_flags(run, plan=True)
+    _run_flags(run)
 
-    retry = commands.add_parser("retry", help="send again the windows that failed for good")
-    _run_flags(retry, plan=False)
+    retry = commands.add_parser(
+        "retry",
+        help="send again the windows that failed for good, each with fresh --max-attempts",
+    )
+    _run_flags(retry)
 
     status = commands.add_parser("status", help="show a checkpoint (or several shards')")
     status.add_argument(
@@ -207,9 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(status, "json", "one JSON document", action="store_true")
     _flag(status, "refresh", "ask the service for unfinished runs first", action="store_true")
+    _flag(status, "html", "write a self-contained coverage page (HTML) instead", metavar="FILE")
     _flag(status, "base-url", "Flow Service base URL", metavar="URL")
-    _flag(status, "log-format", "auto, json or console", metavar="FMT")
-    _flag(status, "log-level", "debug, info, warning or error", metavar="LEVEL")
+    _log_flags(status)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script: source <(backfill completion bash)",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="bash or zsh")
 
     commands.add_parser(
         "emulator", help="serve a local Flow Service (see backfill emulator --help)", add_help=False
@@ -217,7 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NOT_SETTINGS = {"command", "json", "refresh", "config_file", "retry_failed"}
+_NOT_SETTINGS = {
+    "command",
+    "json",
+    "refresh",
+    "html",
+    "config_file",
+    "retry_failed",
+    "dry_run",
+    "shell",
+}
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -227,34 +341,98 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _errors_as_json  # noqa: PLW0603 - one process, one way of printing errors
+    wanted = requested_log_format({})  # BACKFILL_LOG_FORMAT holds for usage errors too
+    _errors_as_json = None if wanted is None else wanted == "json"
     signal.signal(signal.SIGTERM, _terminated)
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["emulator"]:
         from .emulator.cli import main as emulator_main  # noqa: PLC0415 - only when asked
 
         return emulator_main(args[1:])
-    namespace = vars(build_parser().parse_args(args))
+    parser = build_parser()
+    top = [flag for action in parser._actions for flag in action.option_strings]
+    if args[:1] and args[0].startswith("-") and args[0] not in top:
+        hint = did_you_mean(args[0].split("=", 1)[0], top)
+        _fail(f"unknown option {args[0]}{hint} (see backfill --help)", ExitCode.USAGE)
+    parsed, unknown = parser.parse_known_args(args)
+    namespace = vars(parsed)
     command = namespace["command"]
+    if unknown:
+        _unknown_arguments(parser, command, unknown)
+    if command == "completion":
+        from .completion import bash_script, zsh_script  # noqa: PLC0415 - only when asked
+
+        script = bash_script if namespace["shell"] == "bash" else zsh_script
+        sys.stdout.write(script(parser))
+        return 0
     flags = {k: v for k, v in namespace.items() if k not in _NOT_SETTINGS}
     checkpoints: list[str] = []
     if command == "status":
         checkpoints = flags.pop("checkpoint")
     config = namespace.get("config_file")
-    from .logs import configure  # noqa: PLC0415 - see the top: imported once parsed
-    from .settings import load_settings  # noqa: PLC0415
-
+    wanted = requested_log_format(flags)
+    if wanted is not None:
+        _errors_as_json = wanted == "json"
     try:
         settings = load_settings(flags, Path(config) if config else None)
+        if namespace.get("json") and command in ("run", "retry") and not namespace.get("dry_run"):
+            raise ConfigError("--json", "has no effect without --dry-run; add --dry-run")
     except BackfillError as exc:
         configure("auto", "info")
         _fail(str(exc), exc.exit_code)
-    json_lines = configure(settings.log_format, settings.log_level)
+    # With --json, stdout carries the JSON document alone: log lines go to stderr.
+    document = bool(namespace.get("json")) and (
+        command in ("plan", "status") or bool(namespace.get("dry_run"))
+    )
+    json_lines = configure(
+        settings.log_format, settings.log_level, stream=sys.stderr if document else None
+    )
+    if settings.log_format != "auto":
+        _errors_as_json = settings.log_format == "json"
     try:
         return int(_dispatch(command, settings, namespace, checkpoints, json_lines))
     except BackfillError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", ExitCode.SIGINT)
+
+
+_SECRET_NAMES = frozenset(
+    {"ACCESS_TOKEN", "ACCESS_TOKEN_FILE", "CLIENT_SECRET", "CLIENT_SECRET_FILE"}
+)
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """An unknown option, with the known option of this command it most resembles."""
+    sub = _subparser(parser, command)
+    known = [flag for action in sub._actions for flag in action.option_strings]
+    first = unknown[0]
+    if first.startswith("-"):
+        name = first.split("=", 1)[0]
+        hint = did_you_mean(name, known)
+        secret = name.removeprefix("--").replace("-", "_").upper()
+        if secret in _SECRET_NAMES:
+            hint = (
+                f": secrets are never flags (a process listing shows them); "
+                f"set BACKFILL_{secret} in the environment instead"
+            )
+        _fail(
+            f"unknown option {name}{hint} (see backfill {command} --help)",
+            ExitCode.USAGE,
+        )
+    _fail(
+        f"unexpected argument {first!r} (see backfill {command} --help)",
+        ExitCode.USAGE,
+    )
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
 
 
 def _dispatch(
@@ -265,13 +443,7 @@ def _dispatch(
     json_lines: bool,
 ) -> ExitCode:
     if command == "plan":
-        from .job import plan_command  # noqa: PLC0415 - see the top: what the command needs
-
         return plan_command(settings, as_json=bool(namespace.get("json")))
-    import asyncio  # noqa: PLC0415
-
-    from .job import find_checkpoints, run_command, status_command  # noqa: PLC0415
-
     if command == "status":
         return asyncio.run(
             status_command(
@@ -279,6 +451,17 @@ def _dispatch(
                 find_checkpoints(settings, checkpoints),
                 as_json=bool(namespace.get("json")),
                 refresh=bool(namespace.get("refresh")),
+                html=namespace.get("html"),
+                patterns=checkpoints or [settings.checkpoint],
+            )
+        )
+    if namespace.get("dry_run"):
+        return asyncio.run(
+            dry_run_command(
+                settings,
+                retry_failed=command == "retry" or bool(namespace.get("retry_failed")),
+                from_checkpoint=command == "retry",
+                as_json=bool(namespace.get("json")),
             )
         )
     live = not json_lines and sys.stderr.isatty()

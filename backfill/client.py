@@ -4,6 +4,12 @@ The client sends exactly what it is asked to, once. Whether to send again, and w
 engine's decision; the client only says what happened, in an error class that tells a
 retryable answer from a permanent one, and a request that may have acted (``in_doubt``) from
 one that certainly did not.
+
+Every request takes its rate permit here, once it holds a valid token and immediately before
+it is sent (a 401 renewal's resend takes another); the token endpoint takes none. Until the
+service has answered once like Flow Service, a failure that means a wrong base URL (a TLS
+handshake with a plain-http server, a host that does not resolve, a 404 or an HTML page that
+is not Flow Service's) is ``NotFlowService``: a configuration error, not an outage.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from .auth import TokenProvider
 from .errors import (
     ApiError,
     AuthError,
+    NotFlowService,
     PermanentError,
     RateLimited,
     RetryableError,
@@ -34,9 +41,22 @@ from .state import RunStatus
 if TYPE_CHECKING:
     import aiohttp  # imported by the first request: plan and --help never load it
 
-__all__ = ["ApiIdentity", "CreatedRun", "FlowServiceClient", "Page", "RunInfo", "RunsApi"]
+__all__ = [
+    "ApiIdentity",
+    "CreatedRun",
+    "FlowServiceClient",
+    "Page",
+    "Permit",
+    "RunInfo",
+    "RunsApi",
+]
 
 PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
+
+# A request answered 401 renews the token and is sent again, each time with a new token, at
+# most this many times: a token revoked twice in a row is renewed, one refused as soon as it
+# is issued (wrong credentials, scopes or product profile) stops the run.
+_MAX_RENEWALS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +135,16 @@ class RunsApi(Protocol):
     ) -> Page: ...
 
 
+class Permit(Protocol):
+    """Waits for the rate permit of one request (``acts``: it may change the service's state)."""
+
+    async def __call__(self, what: str, *, acts: bool) -> None: ...
+
+
+async def no_permit(what: str, *, acts: bool) -> None:
+    """No rate limit (tests, one-off calls)."""
+
+
 class FlowServiceClient:
     """One aiohttp session's worth of Flow Service calls; counts every request it sends."""
 
@@ -124,6 +154,7 @@ class FlowServiceClient:
         base_url: str,
         identity: ApiIdentity,
         tokens: TokenProvider,
+        permit: Permit = no_permit,
     ) -> None:
         self._session = session
         self._base = URL(base_url.rstrip("/"))
@@ -132,6 +163,8 @@ class FlowServiceClient:
         self._identity = identity
         self._tokens = tokens
         self._headers_for: tuple[str, dict[str, str]] | None = None
+        self._permit = permit
+        self.confirmed = False  # the service has answered once like Flow Service
         self.responses: Counter[str] = Counter()  # status code (or "error") -> requests
 
     # ------------------------------------------------------------------ calls
@@ -219,15 +252,34 @@ class FlowServiceClient:
         self._headers_for = (token, headers)
         return headers
 
-    async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
-        renewed = False
+    async def _ready(self, what: str, *, acts: bool) -> dict[str, str]:
+        """The headers (a valid token) and then the rate permit, right before the send.
+
+        A token renewal never happens between the permit and the send; if the token went stale
+        while the request waited for its permit, it is renewed and another permit is taken.
+        """
+        headers = await self._headers()
         while True:
-            headers = await self._headers()
+            await self._permit(what, acts=acts)
+            current = await self._headers()  # returns at once while the token is valid
+            if current is headers:
+                return headers
+            headers = current
+
+    async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
+        refused: set[str] = set()  # tokens the service answered 401 to, for this request
+        while True:
+            headers = await self._ready(what, acts=method != "GET")
             status, raw, response_headers = await self._exchange(method, url, what, headers, body)
-            if status == 401 and not renewed:
-                # The token expired under us: renew it once (every worker shares the renewal).
-                await self._tokens.renew(headers["Authorization"].removeprefix("Bearer "))
-                renewed = True
+            if not self.confirmed:
+                self._first_contact(method, what, url, status, raw, response_headers)
+            token = headers["Authorization"].removeprefix("Bearer ")
+            if status == 401 and token not in refused and len(refused) < _MAX_RENEWALS:
+                # The token expired (or was revoked) under us: renew it (every worker shares
+                # the renewal) and send again, with a permit of its own. A fresh token refused
+                # again means the credentials are wrong, not stale.
+                refused.add(token)
+                await self._tokens.renew(token)
                 continue
             if 200 <= status < 300:
                 try:
@@ -254,6 +306,8 @@ class FlowServiceClient:
                 raw = await response.read()
         except aiohttp.ClientConnectorError as exc:
             self.responses["error"] += 1
+            if not self.confirmed:
+                self._unreachable(what, exc)
             raise TransportError(f"could not connect: {exc}", request=what, in_doubt=False) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             self.responses["error"] += 1
@@ -265,6 +319,66 @@ class FlowServiceClient:
             raise TransportError(f"no answer: {reason}", request=what, in_doubt=True) from exc
         self.responses[str(response.status)] += 1
         return response.status, raw, response.headers
+
+    # ------------------------------------------------------------ first contact
+
+    def _unreachable(self, what: str, exc: aiohttp.ClientConnectorError) -> None:
+        """Before the service ever answered: tell a wrong URL from an outage, or raise."""
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
+        base = str(self._base)
+        if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
+            plain = self._base.with_scheme("http")
+            raise NotFlowService(
+                f"{base}: the TLS handshake failed ({exc.os_error}); is it a plain-http "
+                f"server? Check --base-url (http://, as in {plain}, is accepted for loopback "
+                "hosts only)",
+                request=what,
+            ) from exc
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            raise NotFlowService(
+                f"{base}: the host {self._base.host} does not resolve ({exc.os_error}); "
+                "check --base-url (Adobe's is https://platform.adobe.io/data/foundation/"
+                "flowservice)",
+                request=what,
+            ) from exc
+        raise TransportError(
+            f"could not connect to {base} ({exc.os_error}); if nothing ever answers there, "
+            "check --base-url",
+            request=what,
+            in_doubt=False,
+        ) from exc
+
+    def _first_contact(
+        self,
+        method: str,
+        what: str,
+        url: URL,
+        status: int,
+        raw: bytes,
+        headers: Mapping[str, str],
+    ) -> None:
+        """The first answer: Flow Service's (remember it), or something else (raise).
+
+        A POST answered 2xx may have acted whatever the body: that stays in doubt.
+        """
+        content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+        html = content_type == "text/html" or raw.lstrip()[:15].lower().startswith(
+            (b"<!doctype html", b"<html")
+        )
+        html = html and (method == "GET" or not 200 <= status < 300)
+        if html or (status == 404 and not _adobe_error(raw)):
+            shown = raw.decode("utf-8", "replace").strip().replace("\n", " ")[:80]
+            kind = "an HTML page" if html else f"{status} without Flow Service's error body"
+            raise NotFlowService(
+                f"{url.with_query(None)} answered {kind} ({shown!r}): this is not the Flow "
+                f"Service API; --base-url must be its root, ending in "
+                f"/data/foundation/flowservice (got {self._base})",
+                request=what,
+                status=status,
+            )
+        if status < 500:
+            self.confirmed = True
 
 
 def _created(
@@ -292,7 +406,10 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str], what: str) -> Ap
         return RateLimited(
             message, request=what, status=status, code=code, retry_after=_retry_after(headers)
         )
-    if status in (500, 502, 503, 504):
+    if status >= 500 or status == 408:
+        # Any 5xx -- a proxy's 520 too -- and a proxy's 408 may come after the service acted:
+        # retried, and for a POST settled against the listing first (in doubt), never resent
+        # blindly.
         return ServerError(
             message, request=what, status=status, code=code, retry_after=_retry_after(headers)
         )
@@ -301,6 +418,21 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str], what: str) -> Ap
     if 400 <= status < 500:
         return PermanentError(message, request=what, status=status, code=code)
     return RetryableError(message, request=what, status=status, code=code)
+
+
+def _adobe_error(raw: bytes) -> bool:
+    """Is this body one of Adobe's error shapes: Flow Service's envelope or the gateway's?
+
+    Flow Service answers errors as ``{"type", "title", "status", "report"}`` with codes like
+    ``1101-404`` "resource not found" (AdobeDocs/experience-platform.en,
+    help/sources/errors/flow-service-errors.md); the API gateway as ``{"error_code",
+    "message"}`` (AdobeDocs/experience-platform.en, help/landing/troubleshooting.md).
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and bool({"type", "report", "error_code"} & body.keys())
 
 
 def _error_body(raw: bytes) -> tuple[str | None, str | None]:

@@ -8,14 +8,19 @@ BackfillError
  |    +-- CheckpointCorrupt .... a line in the middle does not parse, or the header is wrong
  |    +-- PlanMismatch ......... it was written for another plan
  +-- CheckpointWriteError ...... it cannot be written: disk full, read-only (exit 74)
- +-- ApiUnavailable ............ retryable errors went on past every retry (exit 75)
+ +-- ApiUnavailable ............ retryable errors went on past every retry, or the service
+ |                                asked for a pause longer than --max-retry-after (exit 75)
+ +-- RequestNotSent ............ the backfill stopped before this request got its permit
+ +-- ServiceDataError .......... the service's runs cannot be matched to windows safely (exit 2)
  +-- ApiError .................. the Flow Service (or IMS) answered with an error
       +-- RetryableError ....... worth sending again: 429, 5xx, connection errors, timeouts
       |    +-- RateLimited ..... 429: nothing was done; the whole pool pauses
-      |    +-- ServerError ..... 500, 502, 503, 504: maybe done (a Retry-After pauses the pool)
+      |    +-- ServerError ..... any 5xx or a proxy's 408: maybe done (Retry-After pauses all)
       |    +-- TransportError .. no HTTP answer at all
       +-- PermanentError ....... any other 4xx: sending it again cannot help (exit 2)
            +-- AuthError ....... 401/403: the credentials are wrong or the token expired
+           +-- NotFlowService .. first contact: TLS to plain http, a host that does not
+                                 resolve, an answer that is not Flow Service's (exit 2)
 
 Each API error carries the request it concerns (method and path, never headers) and, where
 there is one, the window or run; ``in_doubt`` says whether the service may have acted on a
@@ -34,6 +39,7 @@ class ExitCode(IntEnum):
     WINDOWS_FAILED = 1
     USAGE = 2
     CHECKPOINT_REFUSED = 3
+    DUPLICATES = 4  # the service holds more than one live run for some window
     CHECKPOINT_UNWRITABLE = 74  # sysexits EX_IOERR
     API_UNAVAILABLE = 75  # sysexits EX_TEMPFAIL: run again later to resume
     SIGINT = 130
@@ -73,14 +79,16 @@ class CheckpointError(BackfillError):
 class CheckpointLocked(CheckpointError):
     """Another process holds the checkpoint's lock."""
 
-    def __init__(self, path: str, pid: int | None) -> None:
+    def __init__(self, path: str, pid: int | None, host: str | None = None) -> None:
         holder = f"process {pid}" if pid is not None else "another process"
+        holder += f" on {host}" if host else ""
         super().__init__(
             f"checkpoint {path} is in use by {holder}; "
             "wait for it to finish or stop it, then run the same command again"
         )
         self.path = path
         self.pid = pid
+        self.host = host
 
 
 class CheckpointMissing(CheckpointError):
@@ -179,7 +187,7 @@ class RateLimited(RetryableError):
 
 
 class ServerError(RetryableError):
-    """A 5xx answer: the service may or may not have acted on the request."""
+    """A 5xx (or 408) answer: the service may or may not have acted on the request."""
 
     in_doubt = True
 
@@ -200,7 +208,30 @@ class AuthError(PermanentError):
     """The credentials were refused, or the token expired and cannot be renewed."""
 
 
+class ServiceDataError(BackfillError):
+    """What the service lists cannot be matched to windows safely: nothing more is sent."""
+
+    exit_code = ExitCode.USAGE
+
+
 class ApiUnavailable(BackfillError):
     """Retryable errors did not stop; the checkpoint is durable and the run resumable."""
 
     exit_code = ExitCode.API_UNAVAILABLE
+
+
+class NotFlowService(PermanentError):
+    """The base URL does not lead to Flow Service: a configuration error, not an outage."""
+
+
+class RequestNotSent(BackfillError):
+    """The backfill stopped while this request waited for its rate permit: it was never sent.
+
+    The engine catches it; a window whose request raised it goes back to where it was.
+    """
+
+    exit_code = ExitCode.API_UNAVAILABLE
+
+    def __init__(self, request: str) -> None:
+        super().__init__(f"{request}: not sent, the backfill is stopping")
+        self.request = request

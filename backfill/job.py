@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,29 +25,36 @@ import structlog
 
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
-from .engine import Engine, EngineOptions, Outcome
-from .errors import BackfillError, CheckpointMissing, ConfigError, ExitCode
-from .journal import Journal
-from .limits import Backoff, RateLimiter
+from .engine import Engine, EngineOptions, ExistingRuns, Outcome
+from .errors import BackfillError, CheckpointLocked, CheckpointMissing, ConfigError, ExitCode
+from .journal import Holder, Journal, holder
+from .limits import Backoff, RateLimiter, real_sleep
 from .logs import register_secret
-from .planner import Plan, format_time
+from .permits import Permits
+from .planner import Plan, Shard, format_time
+from .preview import Preview, preview
 from .report import (
     Snapshot,
+    duplicate_windows,
     plan_summary,
     print_summary,
     progress_task,
     status_document,
     write_report,
 )
+from .retry import retrying
 from .settings import Settings
-from .state import WindowState
+from .state import LABELS, WindowState
 
 if TYPE_CHECKING:
     import aiohttp
 
     from .metrics import Metrics
 
-__all__ = ["plan_command", "run_command", "status_command"]
+__all__ = ["dry_run_command", "plan_command", "run_command", "status_command"]
+
+# More runs than this are confirmed on a terminal first (unless --yes).
+CONFIRM_ABOVE = 1000
 
 log = structlog.get_logger("backfill")
 
@@ -94,12 +103,29 @@ async def run_command(
     live: bool = False,
 ) -> ExitCode:
     """``run`` (and ``retry``): submit every window not yet accepted, resumably."""
+    settings.refuse_idle_options()
     settings.require_credentials()
+    if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
+        raise ConfigError(
+            "--existing-runs",
+            "'ignore' sends windows the service may already have runs for, which ingests them "
+            "twice; add --yes to confirm, or leave it at 'adopt'",
+        )
     _register_secrets(settings)
-    requested = None if from_checkpoint else settings.plan(now=time.time())
-    path = settings.checkpoint_path(existing=from_checkpoint)
+    requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
+    if requested is not None:
+        settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
+    path = _checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
+    # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
+    # as it was: it is tried before the checkpoint is created or changed.
+    _check_port(settings.metrics_port)
+    if _may_ask(settings):
+        # Count on a read-only copy first: a "no" leaves no checkpoint behind.
+        ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
+        _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
     journal = Journal.open(path, requested, extend=settings.extend)
     try:
+        _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
         _log_opened(journal)
         return await _run(
             settings, journal, retry_failed=retry_failed, json_lines=json_lines, live=live
@@ -108,20 +134,237 @@ async def run_command(
         await journal.close()
 
 
+def _checkpoint_file(settings: Settings, path: Path) -> Path:
+    """A checkpoint is a file: a folder given as one is named as such, not as corrupt."""
+    if path.is_dir():
+        raise ConfigError(
+            f"{settings.source('checkpoint')} {path}",
+            f"is a folder; give a file path, e.g. {path / 'checkpoint.jsonl'}",
+        )
+    return path
+
+
+def _requested_plan(settings: Settings, *, from_checkpoint: bool) -> Plan | None:
+    """The plan the options describe; ``retry`` without flows takes the checkpoint's."""
+    if from_checkpoint and settings.flow_id is None and not settings.flows:
+        return None
+    return settings.plan(now=time.time())
+
+
+def _preview(settings: Settings, journal: Journal, *, retry_failed: bool) -> Preview:
+    return preview(
+        journal,
+        order=settings.order,
+        max_attempts=settings.max_attempts,
+        retry_failed=retry_failed,
+        retry_mode=settings.retry_mode,
+    )
+
+
+def _may_ask(settings: Settings) -> bool:
+    """A question needs someone to answer it: a terminal on both ends, and no --yes."""
+    return not settings.yes and sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(settings: Settings, ahead: Preview) -> None:
+    if ahead.to_send <= CONFIRM_ABOVE:
+        return
+    sys.stderr.write(
+        f"This sends {ahead.to_send:,} runs ({ahead.new_runs:,} new) to organization "
+        f"{settings.org_id}, sandbox {settings.sandbox_name}, at {settings.base_url}. "
+        "Go ahead? [y/N] "
+    )
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise NotConfirmed
+
+
+class NotConfirmed(BackfillError):
+    """The user said no at the terminal: nothing was sent, no checkpoint written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "not confirmed: nothing was sent and no checkpoint written "
+            "(--yes, or BACKFILL_YES=true, answers yes)"
+        )
+
+
+def _log_starting(settings: Settings, journal: Journal, ahead: Preview) -> None:
+    """The first line of every run: where it sends, and how much."""
+    log.info(
+        "backfill_starting",
+        org=settings.org_id,
+        sandbox=settings.sandbox_name,
+        base_url=settings.base_url,
+        flows=[flow.flow_id for flow in journal.plan.flows],
+        shard=None if journal.plan.shard.whole else str(journal.plan.shard),
+        checkpoint=str(journal.path),
+        **ahead.totals(),
+    )
+
+
+async def dry_run_command(
+    settings: Settings,
+    *,
+    retry_failed: bool = False,
+    from_checkpoint: bool = False,
+    as_json: bool = False,
+    out: Any = None,
+) -> ExitCode:
+    """``run --dry-run``: every check of the real run, and its counts; nothing is sent.
+
+    Reads the checkpoint without locking or writing it, asks the service only read-only
+    questions (a token; whether each table-based flow has a run yet), under the rate.
+    Exit 0 when the real run would proceed; 2, with its reason, when it would refuse.
+    """
+    out = out or sys.stdout
+    try:
+        settings.refuse_idle_options()
+        settings.require_credentials()
+        _register_secrets(settings)
+        requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
+        path = _checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
+        held = holder(path)
+        if held is not None:
+            raise CheckpointLocked(str(path), held.pid, held.host)
+        journal = Journal.open(path, requested, extend=settings.extend, readonly=True)
+        flows_with_runs = await _service_view(settings, journal)
+    except BackfillError as exc:
+        if exc.exit_code in (ExitCode.USAGE, ExitCode.CHECKPOINT_REFUSED):
+            raise WouldRefuse(exc) from None
+        raise
+    ahead = preview(
+        journal,
+        order=settings.order,
+        max_attempts=settings.max_attempts,
+        retry_failed=retry_failed,
+        retry_mode=settings.retry_mode,
+        flows_with_runs=flows_with_runs,
+    )
+    document = {
+        "dry_run": True,
+        "org": settings.org_id,
+        "sandbox": settings.sandbox_name,
+        "base_url": settings.base_url,
+        "checkpoint": str(journal.path),
+        "checkpoint_exists": journal.path.exists(),
+        "shard": str(journal.plan.shard),
+        "flows": [flow.as_dict() for flow in ahead.flows],
+        "totals": ahead.totals(),
+        "would_confirm": ahead.to_send > CONFIRM_ABOVE,
+    }
+    if as_json:
+        out.write(orjson.dumps(document).decode() + "\n")
+        return ExitCode.OK
+    _print_dry_run(out, document, ahead)
+    return ExitCode.OK
+
+
+class WouldRefuse(BackfillError):
+    """The dry run found what would make the real run refuse to start."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, cause: BackfillError) -> None:
+        super().__init__(f"the run would refuse (exit {int(cause.exit_code)}): {cause}")
+        self.cause = cause
+
+
+async def _service_view(settings: Settings, journal: Journal) -> dict[str, bool]:
+    """The read-only questions to the service: credentials, and which flows have a run.
+
+    Only flows with a delta column are asked (it goes with a flow's first run only), as the
+    real run does; one request each, under the rate limit.
+    """
+    rate = settings.effective_rate(journal.plan.shard.count)
+    permits = Permits(RateLimiter(rate))
+    backoff = Backoff(cap=settings.backoff_max, max_retries=settings.max_retries)
+    rng = random.Random()  # noqa: S311 - jitter, not secrecy
+    found: dict[str, bool] = {}
+    async with _session(settings) as session:
+        tokens = _tokens(settings, session)
+        client = FlowServiceClient(
+            session, settings.base_url, _identity(settings), tokens, permits.take
+        )
+        # Bad credentials fail here, as in the real run; an IMS outage is retried.
+        await retrying(tokens.token, backoff, real_sleep, rng)
+        for flow in journal.plan.flows:
+            if flow.delta_column is None:
+                continue
+            flow_id = flow.flow_id
+            page = await retrying(
+                lambda flow_id=flow_id: client.list_runs(flow_id, limit=1),  # type: ignore[misc]
+                backoff,
+                real_sleep,
+                rng,
+            )
+            found[flow_id] = bool(page.runs)
+    return found
+
+
+def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
+    out.write(
+        f"dry run: nothing is sent. Organization {document['org']}, sandbox "
+        f"{document['sandbox']}, {document['base_url']}\n"
+    )
+    exists = "" if document["checkpoint_exists"] else " (does not exist yet: it would be created)"
+    out.write(f"checkpoint {document['checkpoint']}{exists}\n")
+    for flow in ahead.flows:
+        out.write(
+            f"{flow.flow_id}: {flow.planned:,} windows planned, {flow.done:,} done in the "
+            f"checkpoint, {flow.to_send:,} to send ({flow.new_runs:,} new runs, "
+            f"{flow.retriggers:,} re-triggers)"
+        )
+        if flow.answer_lost:
+            out.write(f", {flow.answer_lost:,} with a lost answer to look up first")
+        out.write("\n")
+        if flow.first is not None and flow.last is not None:
+            out.write(
+                f"  first {format_time(flow.first.start)} .. {format_time(flow.first.end)}, "
+                f"last {format_time(flow.last.start)} .. {format_time(flow.last.end)}\n"
+            )
+        if flow.delta_column is not None:
+            sent = "sent with the first run" if flow.sends_delta_column else "not sent"
+            why = ""
+            if not flow.sends_delta_column:
+                why = (
+                    " (the flow already has a run)"
+                    if flow.flow_has_run
+                    else " (another shard sends the flow's first run)"
+                    if not flow.owns_first
+                    else " (no new run to send)"
+                )
+            out.write(f"  delta column {flow.delta_column}: {sent}{why}\n")
+    totals = ahead.totals()
+    out.write(
+        f"in all: {totals['planned']:,} planned, {totals['done']:,} done, "
+        f"{totals['to_send']:,} to send\n"
+    )
+    if document["would_confirm"]:
+        out.write(
+            f"more than {CONFIRM_ABOVE:,} runs: on a terminal the run asks first (--yes skips)\n"
+        )
+
+
 async def _run(
     settings: Settings, journal: Journal, *, retry_failed: bool, json_lines: bool, live: bool
 ) -> ExitCode:
     loop = asyncio.get_running_loop()
     plan = journal.plan
     rate = settings.effective_rate(plan.shard.count)  # a retried checkpoint knows its shard
-    options = _engine_options(settings, retry_failed=retry_failed)
+    options = _engine_options(settings, retry_failed=retry_failed, shard=plan.shard)
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
-        client = FlowServiceClient(session, settings.base_url, _identity(settings), tokens)
         limiter = RateLimiter(rate)
-        engine = Engine(journal, client, limiter, options)
+        permits = Permits(limiter)
+        client = FlowServiceClient(
+            session, settings.base_url, _identity(settings), tokens, permits.take
+        )
+        engine = Engine(journal, client, limiter, options, permits=permits)
         metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
-        await tokens.token()  # bad credentials fail here, before anything is sent
+        # Bad credentials fail here, before anything is sent; an IMS outage is retried.
+        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
         log.info(
             "backfill_started",
             windows=plan.count(),
@@ -160,7 +403,8 @@ async def _run(
                 await progress
         await journal.commit()
         snapshot = _snapshot(journal, engine, client, options.wait, engine.started, start_done)
-        code = _exit_code(outcome, snapshot, received)
+        duplicates = len(duplicate_windows(journal))
+        code = _exit_code(outcome, snapshot, received, duplicates)
         report = settings.shard_path(settings.report, plan.shard)
         if report is not None:
             write_report(report, journal, _totals(snapshot, engine, outcome, code))
@@ -175,7 +419,14 @@ async def _run(
                 "interrupted",
                 signal=received[0].name,
                 hint="run the same command again to resume",
-                in_doubt=snapshot.counts[WindowState.SUBMITTING],
+                submitting=snapshot.counts[WindowState.SUBMITTING],
+            )
+        elif code is ExitCode.DUPLICATES:
+            log.error(
+                "duplicate_runs",
+                windows=duplicates,
+                hint="the service holds more than one live run for these windows: see "
+                "`backfill status` (duplicate_runs) and check what they ingested",
             )
         elif code is ExitCode.WINDOWS_FAILED:
             log.warning(
@@ -209,10 +460,21 @@ def _install_signals(
 
 
 async def status_command(
-    settings: Settings, paths: list[Path], *, as_json: bool, refresh: bool, out: Any = None
+    settings: Settings,
+    paths: list[Path],
+    *,
+    as_json: bool,
+    refresh: bool,
+    html: str | None = None,
+    out: Any = None,
+    patterns: list[str] | None = None,
 ) -> ExitCode:
     """Show one or several (shard) checkpoints; ``refresh`` asks the service first."""
     out = out or sys.stdout
+    if html is not None:
+        from .coverage import check_page_path  # noqa: PLC0415 - only when asked
+
+        check_page_path(html)
     if refresh:
         settings.require_credentials()
         _register_secrets(settings)
@@ -221,20 +483,46 @@ async def status_command(
             try:
                 async with _session(settings) as session:
                     tokens = _tokens(settings, session)
-                    client = FlowServiceClient(
-                        session, settings.base_url, _identity(settings), tokens
-                    )
                     # Follow every unfinished run for one poll, as --wait would.
-                    options = replace(_engine_options(settings, retry_failed=False), wait=True)
+                    options = replace(
+                        _engine_options(settings, retry_failed=False, shard=journal.plan.shard),
+                        wait=True,
+                    )
                     limiter = RateLimiter(settings.effective_rate(journal.plan.shard.count))
-                    engine = Engine(journal, client, limiter, options)
+                    permits = Permits(limiter)
+                    client = FlowServiceClient(
+                        session, settings.base_url, _identity(settings), tokens, permits.take
+                    )
+                    engine = Engine(journal, client, limiter, options, permits=permits)
                     await engine.refresh()
             finally:
                 await journal.close()
     journals = [Journal.open(path, None, readonly=True) for path in paths]
+    if html is not None:
+        from .coverage import write_page  # noqa: PLC0415 - only when asked
+
+        data = write_page(Path(html), journals)
+        out.write(f"{html}: coverage of {data['windows']:,} windows; open it in a browser\n")
+        return ExitCode.OK
+    holders = {journal.path: holder(journal.path) for journal in journals}
+    planned, missing = _shard_coverage(journals, patterns or [])
     if as_json:
+        extra = {
+            "planned": planned,
+            "checkpoints": [
+                {
+                    "path": str(journal.path),
+                    "shard": str(journal.plan.shard),
+                    "planned": journal.plan.count(),
+                    "counts": {s.value: n for s, n in journal.counts().items()},
+                    "held_by": _holder_dict(holders[journal.path]),
+                }
+                for journal in journals
+            ],
+            "missing_shards": [{"shard": i, "path": p} for i, p in missing],
+        }
         sink = out.buffer if hasattr(out, "buffer") else None
-        for chunk in status_document(journals):
+        for chunk in status_document(journals, extra):
             if sink is not None:
                 sink.write(chunk)
             else:
@@ -245,29 +533,102 @@ async def status_command(
         counts = journal.counts()
         for state, n in counts.items():
             totals[state] += n
-        plan = journal.plan
-        shard = "" if plan.shard.whole else f" (shard {plan.shard})"
-        out.write(f"{journal.path}{shard}: {_describe_counts(counts)}\n")
-        for flow in plan.flows:
-            out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-        doubt = [w for w, _ in journal.items({WindowState.SUBMITTING})]
-        for window in doubt[:20]:
-            out.write(
-                f"  in doubt: {window.flow_id} {format_time(window.start)} .. "
-                f"{format_time(window.end)} (answer lost; reconciled on the next run)\n"
-            )
-        if len(doubt) > 20:
-            out.write(f"  ... and {len(doubt) - 20} more in doubt\n")
-        failed = list(journal.items({WindowState.FAILED}))
-        for window, entry in failed[:20]:
-            message = (entry.errors or [{}])[0].get("message", "")
-            out.write(
-                f"  failed: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
-                f"after {entry.attempt} attempt(s): {message}\n"
-            )
-    if len(journals) > 1:
-        out.write(f"all shards: {_describe_counts(totals)}\n")
+        _print_status(out, journal, counts, holders[journal.path])
+    if len(journals) > 1 or missing:
+        out.write(f"all shards: {planned:,} windows planned; {_describe_counts(totals)}\n")
+        for index, where in missing:
+            out.write(f"  shard {index}: no checkpoint at {where} (not started, or elsewhere)\n")
     return ExitCode.OK
+
+
+def _print_status(
+    out: Any, journal: Journal, counts: dict[WindowState, int], held: Holder | None
+) -> None:
+    plan = journal.plan
+    shard = "" if plan.shard.whole else f" (shard {plan.shard})"
+    out.write(
+        f"{journal.path}{shard}: {plan.count():,} windows planned; {_describe_counts(counts)}\n"
+    )
+    if held is not None:
+        where = "" if held.here else f" on {held.host}"
+        since = f" since {format_time(int(held.since))}" if held.since else ""
+        unsure = "" if held.alive() else " (another host: whether it still runs is not known)"
+        out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
+    for flow in plan.flows:
+        out.write(f"  {flow.flow_id}: {flow.describe()}\n")
+    sending = [w for w, e in journal.items() if e.state is WindowState.SUBMITTING]
+    label = LABELS[WindowState.SUBMITTING]
+    if held is not None:
+        # The holder is sending these now (or waits for its turn under the rate): not lost.
+        if sending:
+            out.write(f"  {len(sending):,} {label}: being sent by process {held.pid}\n")
+    else:
+        for window in sending[:20]:
+            out.write(
+                f"  {label}, answer lost or never sent: {window.flow_id} "
+                f"{format_time(window.start)} .. {format_time(window.end)} "
+                "(looked up at the service on the next run)\n"
+            )
+        if len(sending) > 20:
+            out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost or never sent\n")
+    for window, entry in journal.items():
+        if entry.candidates:
+            out.write(
+                f"  {label}, kept: {window.flow_id} {format_time(window.start)}: the service "
+                f"lists run(s) {', '.join(entry.candidates)} without their window; look them "
+                "up before running again\n"
+            )
+    for window, entry in duplicate_windows(journal)[:20]:
+        out.write(
+            f"  duplicate: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
+            f"and live run(s) {', '.join(entry.duplicates)} at the service\n"
+        )
+    failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
+    for window, entry in failed[:20]:
+        reason = _reason(entry.errors)
+        what = (
+            f"failed, waiting for attempt {entry.attempt + 1}"
+            if entry.retrying
+            else f"failed for good after {entry.attempt} attempt(s)"
+        )
+        out.write(
+            f"  {what}: {window.flow_id} {format_time(window.start)} run {entry.run_id}: {reason}\n"
+        )
+    if len(failed) > 20:
+        out.write(f"  ... and {len(failed) - 20:,} more failed\n")
+
+
+def _reason(errors: list[dict[str, str]] | None) -> str:
+    for error in errors or []:
+        message = error.get("message") or error.get("code")
+        if message:
+            return message
+    return "the service gave no reason"
+
+
+def _holder_dict(held: Holder | None) -> dict[str, Any] | None:
+    if held is None:
+        return None
+    return {"pid": held.pid, "host": held.host, "since": held.since}
+
+
+def _shard_coverage(
+    journals: list[Journal], patterns: list[str]
+) -> tuple[int, list[tuple[int, str]]]:
+    """The whole plan's windows, and the shards no checkpoint was found for (with where)."""
+    plan = journals[0].plan
+    count = plan.shard.count
+    if count == 1:
+        return sum(j.plan.count() for j in journals), []
+    planned = Plan(plan.flows, Shard()).count()
+    found = {j.plan.shard.index for j in journals}
+    pattern = patterns[0] if patterns else str(journals[0].path)
+    missing = [
+        (i, str(Settings.shard_path(pattern, Shard(i, count))))
+        for i in range(count)
+        if i not in found
+    ]
+    return planned, missing
 
 
 def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
@@ -276,6 +637,10 @@ def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
     found: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
+        if path.is_dir():
+            raise ConfigError(
+                f"--checkpoint {path}", "is a folder; give the checkpoint file inside it"
+            )
         if "{shard}" in pattern:
             found.extend(_glob(Path(pattern.replace("{shard}", "*"))))
         elif path.exists():
@@ -330,7 +695,9 @@ def _tokens(settings: Settings, session: aiohttp.ClientSession) -> TokenProvider
 
 def _identity(settings: Settings) -> ApiIdentity:
     settings.require_credentials()
-    return ApiIdentity(settings.api_key or "", settings.org_id or "", settings.sandbox_name)
+    # An OAuth credential's client id is its x-api-key: BACKFILL_API_KEY may be left out.
+    api_key = settings.api_key or settings.client_id or ""
+    return ApiIdentity(api_key, settings.org_id or "", settings.sandbox_name)
 
 
 def _register_secrets(settings: Settings) -> None:
@@ -339,12 +706,12 @@ def _register_secrets(settings: Settings) -> None:
             register_secret(secret.get_secret_value())
 
 
-def _engine_options(settings: Settings, *, retry_failed: bool) -> EngineOptions:
+def _engine_options(settings: Settings, *, retry_failed: bool, shard: Shard) -> EngineOptions:
     return EngineOptions(
         concurrency=settings.concurrency,
         order=settings.order,
         wait=settings.wait,
-        max_active_runs=settings.max_active_runs,
+        max_active_runs=settings.effective_max_active_runs(shard),
         max_attempts=settings.max_attempts,
         retry_mode=settings.retry_mode,
         on_failure=settings.on_failure,
@@ -352,7 +719,10 @@ def _engine_options(settings: Settings, *, retry_failed: bool) -> EngineOptions:
         poll_interval=settings.poll_interval,
         poll_max_interval=max(settings.poll_interval, 120.0),
         reconcile_delay=settings.reconcile_delay,
-        backoff=Backoff(),
+        reconcile_settle=settings.reconcile_settle,
+        existing_runs=settings.existing_runs,
+        backoff=Backoff(cap=settings.backoff_max, max_retries=settings.max_retries),
+        max_retry_after=settings.max_retry_after,
     )
 
 
@@ -378,13 +748,41 @@ def _metrics(
             rate_limited=lambda: client.responses.get("429", 0),
             rate_limit_wait=lambda: limiter.waited,
             token_renewals=lambda: tokens.renewals,
+            duplicates=lambda: engine.stats.duplicates_found,
+            adopted_existing=lambda: engine.stats.adopted_existing,
         ),
         shard=str(plan.shard),
     )
     if settings.metrics_port is not None:
-        port = metrics.serve(settings.metrics_port)
+        from .coverage import LivePage  # noqa: PLC0415 - only when asked
+
+        live = LivePage([journal], asyncio.get_running_loop())
+        try:
+            port = metrics.serve(settings.metrics_port, pages=live.pages())
+        except OSError as exc:  # taken since it was checked
+            raise _port_taken(settings.metrics_port, exc) from None
         log.info("metrics_serving", port=port)
     return metrics
+
+
+def _check_port(port: int | None) -> None:
+    """Bind the metrics port once (and let it go): exit 2 now if something else holds it."""
+    if port is None or port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - where the server will listen
+        except OSError as exc:
+            raise _port_taken(port, exc) from None
+
+
+def _port_taken(port: int, exc: OSError) -> ConfigError:
+    return ConfigError(
+        "metrics_port",
+        f"port {port} cannot be bound ({exc.strerror or exc}): another process probably holds "
+        "it; choose another --metrics-port",
+    )
 
 
 def _snapshot(
@@ -412,6 +810,9 @@ def _snapshot(
             "retried_runs": stats.retried_runs,
             "request_retries": stats.request_retries,
             "duplicates_found": stats.duplicates_found,
+            "adopted_existing": stats.adopted_existing,
+            "left_in_doubt": stats.left_in_doubt,
+            "foreign_runs": stats.foreign_runs,
             "list_requests": stats.list_requests,
             "polls": stats.polls,
             "reconciliations": stats.reconciliations,
@@ -419,9 +820,13 @@ def _snapshot(
     )
 
 
-def _exit_code(outcome: Outcome, snapshot: Snapshot, received: list[signal.Signals]) -> ExitCode:
+def _exit_code(
+    outcome: Outcome, snapshot: Snapshot, received: list[signal.Signals], duplicates: int
+) -> ExitCode:
     if outcome.error is not None:
         return outcome.error.exit_code
+    if duplicates:
+        return ExitCode.DUPLICATES
     if received:
         return ExitCode.SIGTERM if received[0] is signal.SIGTERM else ExitCode.SIGINT
     counts = snapshot.counts
@@ -436,6 +841,7 @@ def _outcome_word(code: ExitCode) -> str:
     return {
         ExitCode.OK: "finished",
         ExitCode.WINDOWS_FAILED: "finished with failed windows",
+        ExitCode.DUPLICATES: "finished with duplicate runs at the service",
         ExitCode.SIGINT: "interrupted",
         ExitCode.SIGTERM: "interrupted",
     }.get(code, "stopped on an error")
@@ -462,8 +868,7 @@ def _counts_dict(journal: Journal) -> dict[str, int]:
 
 
 def _describe_counts(counts: dict[WindowState, int]) -> str:
-    labels = {WindowState.SUBMITTING: "in doubt"}
-    return ", ".join(f"{n:,} {labels.get(s, s.value)}" for s, n in counts.items() if n) or "empty"
+    return ", ".join(f"{n:,} {LABELS[s]}" for s, n in counts.items() if n) or "nothing recorded"
 
 
 def _log_opened(journal: Journal) -> None:

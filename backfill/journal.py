@@ -5,15 +5,18 @@ File format, one JSON object per line:
     {"kind": "backfill-checkpoint", "format": 1, "fingerprint": ..., "plan": {...}}   header
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitting", "a": 1, "ts": 1700000000}
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitted", "a": 1, "id": "<run id>"}
+    {"t": "w", "f": 0, "s": 1651584991, "st": "failed", "err": [...], "n": 1}   run failed
     {"t": "plan", "fingerprint": ..., "plan": {...}}                           --extend
     {"t": "snap", ...}                                                         compaction
 
 ``f`` indexes the plan's flows (an extension only appends flows, so indexes are stable) and
-``s`` is the window's start. Every record is applied to the in-memory index at once and
-written, in order, by one writer thread: ``record`` returns once it is durable, and every
-task waiting at that moment shares one ``fsync`` (group commit); ``record_nowait`` returns at
-once, and the record is durable with the next commit. A torn last line is dropped; a bad line
-anywhere else stops everything and the file is left exactly as it was. Compaction rewrites it
+``s`` is the window's start; ``n`` on a failure says whether the window has an attempt left
+(1: it waits for its next attempt; 0: failed for good). Every record is applied to the
+in-memory index at once and written, in order, by one writer thread: ``record`` returns once
+it is durable, and every task waiting at that moment shares one ``fsync`` (group commit);
+``record_nowait`` returns at once, and the record is durable with the next commit. A torn
+last line is dropped; a bad line anywhere else stops everything and the file is left exactly
+as it was. Compaction rewrites it
 atomically. Secrets never enter it.
 """
 
@@ -25,6 +28,7 @@ import fcntl
 import gc
 import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -46,7 +50,7 @@ from .errors import (
 from .planner import Plan, Window
 from .state import MOVES, IllegalTransition, WindowState, check_transition
 
-__all__ = ["Entry", "Journal", "Replay"]
+__all__ = ["Entry", "Holder", "Journal", "Replay", "holder"]
 
 FORMAT = 1
 KIND = "backfill-checkpoint"
@@ -62,7 +66,18 @@ log = structlog.get_logger("backfill.journal")
 class Entry:
     """What the journal knows of one window, as handed out (a copy; the index stores less)."""
 
-    __slots__ = ("attempt", "errors", "old_runs", "retrigger", "run_id", "since", "state")
+    __slots__ = (
+        "attempt",
+        "candidates",
+        "duplicates",
+        "errors",
+        "old_runs",
+        "retrigger",
+        "retrying",
+        "run_id",
+        "since",
+        "state",
+    )
 
     def __init__(self) -> None:
         self.state = WindowState.PENDING
@@ -72,6 +87,12 @@ class Entry:
         self.errors: list[dict[str, str]] | None = None
         self.since = 0.0  # wall time of the pending intent: bounds the reconciliation search
         self.retrigger = False  # the pending intent re-triggers run_id rather than creating one
+        self.retrying = False  # failed, with an attempt left when it was recorded
+        # Other live runs the service holds for this window: a duplicate, never silent.
+        self.duplicates: tuple[str, ...] = ()
+        # Runs created since the intent whose window the service did not say: while any may be
+        # this window's, the window stays in doubt and is not sent again.
+        self.candidates: tuple[str, ...] = ()
 
     @property
     def in_doubt(self) -> bool:
@@ -82,7 +103,8 @@ class Entry:
 
 
 # A window is one value in one dict, by key ``flow << 33 | start``: its state, attempt and
-# re-trigger flag packed in an int, `attempt << 4 | flag << 3 | state`; once it has a run, its
+# flags packed in an int, `attempt << 5 | retrying << 4 | re-trigger << 3 | state`; once it
+# has a run, its
 # run id's UTF-8 bytes followed by that int in 8 bytes (big-endian: the state is in the last
 # byte). Ints and bytes are all the index holds for the common case, so its dicts are untracked
 # by the cyclic garbage collector (a million windows cost it nothing), and a window costs one
@@ -94,7 +116,8 @@ _SUBMITTING = _STATE_AT[WindowState.SUBMITTING]
 _FAILED = _STATE_AT[WindowState.FAILED]
 _STATE_BITS = 7
 _RETRIGGER = 8
-_ATTEMPT_SHIFT = 4
+_RETRYING = 16
+_ATTEMPT_SHIFT = 5
 _WORD = 8  # bytes of the packed int after a run id
 _LEGAL = frozenset(
     (_STATE_AT[old] << 3) | _STATE_AT[new] for old, targets in MOVES.items() for new in targets
@@ -118,7 +141,16 @@ def _state_of(value: Value) -> int:
 class _Index:
     """Every recorded window, in flat dicts of plain values (see above)."""
 
-    __slots__ = ("errors", "old_runs", "run_flows", "since", "suffixes", "windows")
+    __slots__ = (
+        "candidates",
+        "duplicates",
+        "errors",
+        "old_runs",
+        "run_flows",
+        "since",
+        "suffixes",
+        "windows",
+    )
 
     def __init__(self) -> None:
         self.windows: dict[int, Value] = {}
@@ -127,6 +159,8 @@ class _Index:
         self.old_runs: dict[int, tuple[str, ...]] = {}  # earlier runs (new-run retries)
         self.run_flows: set[int] = set()  # flows with at least one run
         self.suffixes: dict[int, bytes] = {}  # packed int -> its 8 bytes (a handful in use)
+        self.duplicates: dict[int, tuple[str, ...]] = {}  # notes: other live runs (rare)
+        self.candidates: dict[int, tuple[str, ...]] = {}  # notes: runs that may be its (rare)
 
     def suffix(self, word: int) -> bytes:
         known = self.suffixes.get(word)
@@ -144,6 +178,13 @@ class _Index:
         if attempt >= 1 << 59:
             raise ValueError(f"attempt {attempt} is not a number of attempts")
         word = (attempt << _ATTEMPT_SHIFT) | new
+        retrying = get("n")
+        if retrying is None:
+            word |= _word(value) & _RETRYING
+        elif retrying:
+            word |= _RETRYING
+        if self.candidates:  # a move settles the doubt they kept open
+            self.candidates.pop(key, None)
         if new == _SUBMITTING:
             since = get("ts")
             if since is not None:
@@ -171,6 +212,15 @@ class _Index:
             run = given
         self.windows[key] = word if run is None else run + self.suffix(word)
 
+    def note(self, key: int, record: dict[str, Any]) -> None:
+        """A note's effect: what the service showed of the window, beside its state."""
+        duplicates = record.get("dup")
+        if duplicates is not None:
+            self.duplicates[key] = tuple(duplicates)
+        candidates = record.get("cand")
+        if candidates is not None:
+            self.candidates[key] = tuple(candidates)
+
     def entry(self, key: int) -> Entry | None:
         value = self.windows.get(key)
         if value is None:
@@ -180,6 +230,11 @@ class _Index:
         entry.state = _STATES[word & _STATE_BITS]
         entry.attempt = word >> _ATTEMPT_SHIFT
         entry.retrigger = bool(word & _RETRIGGER)
+        entry.retrying = bool(word & _RETRYING)
+        if self.duplicates:
+            entry.duplicates = self.duplicates.get(key, ())
+        if self.candidates:
+            entry.candidates = self.candidates.get(key, ())
         if isinstance(value, bytes):
             entry.run_id = value[:-_WORD].decode()
         if self.old_runs:
@@ -472,9 +527,13 @@ class Journal:
         run_id: str | None = None,
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
+        retrying: bool | None = None,
     ) -> None:
-        """Apply a move now; it becomes durable with the next commit."""
-        self._append(window, state, attempt, run_id, errors, mode, durable=False)
+        """Apply a move now; it becomes durable with the next commit.
+
+        ``retrying`` (a failure only): whether the window has an attempt left.
+        """
+        self._append(window, state, attempt, run_id, errors, mode, durable=False, retrying=retrying)
 
     async def record(
         self,
@@ -485,11 +544,43 @@ class Journal:
         run_id: str | None = None,
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
+        retrying: bool | None = None,
     ) -> None:
         """Apply a move and return once it (and everything before it) is durable."""
-        waiter = self._append(window, state, attempt, run_id, errors, mode, durable=True)
+        waiter = self._append(
+            window, state, attempt, run_id, errors, mode, durable=True, retrying=retrying
+        )
         if waiter is not None:
             await waiter
+
+    async def note(
+        self,
+        window: Window,
+        *,
+        duplicates: tuple[str, ...] | None = None,
+        candidates: tuple[str, ...] | None = None,
+    ) -> None:
+        """Record what the service showed of a window without moving it; durable on return."""
+        if self._failure is not None:
+            raise self._failure
+        if self._fd is None:
+            raise RuntimeError("the checkpoint is open read-only or closed")
+        flow = self._flow_index[window.flow_id]
+        key = _key(flow, window.start)
+        if key not in self._index.windows:
+            raise RuntimeError("a note needs a window the checkpoint has a record of")
+        record: dict[str, Any] = {"t": "note", "f": flow, "s": window.start}
+        if duplicates is not None:
+            record["dup"] = list(duplicates)
+        if candidates is not None:
+            record["cand"] = list(candidates)
+        self._index.note(key, record)
+        self._buffer.append(orjson.dumps(record) + b"\n")
+        self.records += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._kick()
+        await waiter
 
     async def commit(self) -> None:
         """Make every record so far durable."""
@@ -518,6 +609,9 @@ class Journal:
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
+            # A lock file names its holder only while it is held (status reads it).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -531,6 +625,7 @@ class Journal:
         mode: str | None,
         *,
         durable: bool,
+        retrying: bool | None = None,
     ) -> asyncio.Future[None] | None:
         if self._failure is not None:
             raise self._failure
@@ -552,6 +647,8 @@ class Journal:
             record["id"] = run_id
         if errors:
             record["err"] = errors
+        if retrying is not None:
+            record["n"] = int(retrying)
         if state is WindowState.SUBMITTING:
             record["ts"] = round(self._wall(), 3)
             if mode:
@@ -778,6 +875,7 @@ class _Scan:
         run_flows = index.run_flows
         since = index.since
         errors = index.errors
+        candidates = index.candidates
         suffix = index.suffix
         apply = index.apply
         positions = _INDEX_OF
@@ -805,7 +903,9 @@ class _Scan:
                         if new == _SUBMITTING:
                             since_at = record.get("ts")
                             if since_at is not None:  # {t f s st a ts}, no run yet
-                                windows[key] = (attempt << _ATTEMPT_SHIFT) | new
+                                windows[key] = (attempt << _ATTEMPT_SHIFT) | (old & _RETRYING) | new
+                                if candidates:
+                                    candidates.pop(key, None)
                                 since[key] = since_at
                                 if errors:
                                     errors.pop(key, None)
@@ -814,8 +914,10 @@ class _Scan:
                             run_id = record.get("id")
                             if type(run_id) is str and attempt < 1 << 59:  # {t f s st a id}
                                 windows[key] = run_id.encode() + suffix(
-                                    (attempt << _ATTEMPT_SHIFT) | new
+                                    (attempt << _ATTEMPT_SHIFT) | (old & _RETRYING) | new
                                 )
+                                if candidates:
+                                    candidates.pop(key, None)
                                 if since:
                                     since.pop(key, None)
                                 if errors and new != _FAILED:
@@ -854,7 +956,16 @@ class _Scan:
             start = record["s"]
             if not (0 <= flow < len(self.plan.flows) and type(start) is int):
                 raise ValueError(f"window {flow}/{start} is not in the plan")
-            self.index.apply((flow << _SHIFT) | start, record, _INDEX_OF[record["st"]])
+            key = (flow << _SHIFT) | start
+            self.index.apply(key, record, _INDEX_OF[record["st"]])
+            self.index.note(key, record)
+        elif kind == "note":
+            flow = record["f"]
+            start = record["s"]
+            key = (flow << _SHIFT) | start if type(start) is int and type(flow) is int else -1
+            if key not in self.index.windows:
+                raise ValueError(f"a note for window {flow}/{start}, which has no record")
+            self.index.note(key, record)
         elif kind == "plan":
             plan = Plan.from_json(record["plan"])
             if plan.fingerprint() != record.get("fingerprint"):
@@ -882,6 +993,12 @@ def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
         record["m"] = "re-trigger"
     if entry.errors:
         record["err"] = entry.errors
+    if entry.retrying:
+        record["n"] = 1
+    if entry.duplicates:
+        record["dup"] = list(entry.duplicates)
+    if entry.candidates:
+        record["cand"] = list(entry.candidates)
     return record
 
 
@@ -896,6 +1013,56 @@ def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The process that holds a checkpoint's lock, as its lock file names it."""
+
+    pid: int
+    host: str
+    since: float
+
+    @property
+    def here(self) -> bool:
+        """Whether it runs on this host (so whether it still runs can be checked)."""
+        return self.host == socket.gethostname()
+
+    def alive(self) -> bool | None:
+        """True/False on this host; None when it runs elsewhere and cannot be checked."""
+        if not self.here:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def holder(path: Path) -> Holder | None:
+    """Who holds the checkpoint's lock, if anyone: a lock file left by a crash on this host
+    names a process that no longer exists, and counts as no holder."""
+    try:
+        raw = path.with_name(path.name + ".lock").read_bytes()
+    except OSError:
+        return None
+    found = _parse_holder(raw)
+    if found is None or found.alive() is False:
+        return None
+    return found
+
+
+def _parse_holder(raw: bytes) -> Holder | None:
+    text = raw.strip()
+    if text.isdigit():  # the first format: the pid alone
+        return Holder(int(text), socket.gethostname(), 0.0)
+    try:
+        data = orjson.loads(text)
+        return Holder(int(data["pid"]), str(data["host"]), float(data["since"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _lock(path: Path) -> int:
     """Take the checkpoint's exclusive lock, or say which process holds it."""
     lock_path = path.with_name(path.name + ".lock")
@@ -908,12 +1075,15 @@ def _lock(path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         try:
-            holder = os.pread(fd, 32, 0).decode().strip()
+            found = _parse_holder(os.pread(fd, 512, 0))
         finally:
             os.close(fd)
-        raise CheckpointLocked(str(path), int(holder) if holder.isdigit() else None) from None
+        raise CheckpointLocked(
+            str(path), found.pid if found else None, found.host if found else None
+        ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}
+    os.pwrite(fd, orjson.dumps(record) + b"\n", 0)
     return fd
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -124,8 +125,10 @@ def configure(
     else:
         renderer = structlog.dev.ConsoleRenderer(
             colors=(stream or sys.stderr).isatty(),
+            sort_keys=False,
             exception_formatter=structlog.dev.plain_traceback,  # rich is for the display only
         )
+        shared.append(_iso_window)
 
     printers: dict[int, tuple[TextIO, structlog.PrintLogger]] = {}
 
@@ -147,6 +150,18 @@ def configure(
         cache_logger_on_first_use=False,
     )
     return _json
+
+
+def _iso_window(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+    """On a console, a window's unix seconds are shown in ISO-8601 as well."""
+    start, end = event.get("window_start"), event.get("window_end")
+    if isinstance(start, int) and isinstance(end, int):
+        event["window"] = f"{_iso(start)}..{_iso(end)}"
+    return event
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _drop_empty(logger: WrappedLogger, name: str, event: MutableMapping[str, Any]) -> Any:

@@ -20,13 +20,14 @@ import structlog
 
 from .journal import Entry, Journal
 from .planner import FlowPlan, Order, Plan, Shard, Window, format_time
-from .state import WindowState
+from .state import LABELS, WindowState
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
     "Snapshot",
+    "duplicate_windows",
     "print_summary",
     "progress_task",
     "status_document",
@@ -37,10 +38,6 @@ __all__ = [
 log = structlog.get_logger("backfill.report")
 
 _ORDER = list(WindowState)
-# While a run goes on, "submitting" is a request in flight; in a stopped checkpoint it is a
-# request whose answer never came.
-_LIVE_LABELS = {WindowState.SUBMITTING: "in flight"}
-_STOPPED_LABELS = {WindowState.SUBMITTING: "in doubt"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +63,10 @@ class Snapshot:
 
     @property
     def per_second(self) -> float:
-        return (self.done - self.done_at_start) / self.elapsed if self.elapsed > 0 else 0.0
+        # `retry` turns failed windows back into work, so "done" can fall below where it
+        # started: the rate of this invocation is never negative.
+        gained = max(0, self.done - self.done_at_start)
+        return gained / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
@@ -95,12 +95,12 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _table(snapshot: Snapshot, title: str, labels: dict[WindowState, str]) -> Table:
+def _table(snapshot: Snapshot, title: str) -> Table:
     from rich.table import Table  # noqa: PLC0415 - rich only for a terminal (start-up cost)
 
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for state in _ORDER:
-        table.add_column(labels.get(state, state.value), justify="right")
+        table.add_column(LABELS[state], justify="right")
     table.add_row(*(f"{snapshot.counts[state]:,}" for state in _ORDER))
     return table
 
@@ -121,7 +121,7 @@ def _progress_line(snapshot: Snapshot) -> Table:
     )
     outer = Table.grid()
     outer.add_row(grid)
-    outer.add_row(_table(snapshot, "", _LIVE_LABELS))
+    outer.add_row(_table(snapshot, ""))
     return outer
 
 
@@ -162,11 +162,17 @@ def print_summary(
 
     console = Console(file=stream or sys.stdout)
     title = f"backfill {outcome} after {_duration(snapshot.elapsed)}"
-    console.print(_table(snapshot, title, _STOPPED_LABELS))
+    console.print(_table(snapshot, title))
     console.print(
         f"{snapshot.requests:,} requests sent, {snapshot.rate_limited:,} answered 429"
         + "".join(f", {v:,} {k.replace('_', ' ')}" for k, v in snapshot.extra.items() if v)
     )
+    lost = snapshot.counts[WindowState.SUBMITTING]
+    if lost:
+        console.print(
+            f"{lost:,} {LABELS[WindowState.SUBMITTING]}, answer lost or never sent: the next run "
+            "looks them up at the service before sending anything again"
+        )
 
 
 def window_rows(journal: Journal) -> Iterator[tuple[Window, Entry | None]]:
@@ -185,6 +191,10 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
         "run_id": entry.run_id if entry else None,
         "attempts": entry.attempt if entry else 0,
     }
+    if entry is not None and entry.duplicates:
+        row["duplicate_runs"] = list(entry.duplicates)  # other live runs the service holds
+    if entry is not None and entry.candidates:
+        row["unreadable_runs"] = list(entry.candidates)  # may be this window's: kept in doubt
     if detail:
         row["start_time"] = format_time(window.start)
         row["end_time"] = format_time(window.end)
@@ -192,6 +202,11 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
         row["errors"] = (entry.errors or []) if entry else []
         row["previous_runs"] = list(entry.old_runs) if entry else []
     return row
+
+
+def duplicate_windows(journal: Journal) -> list[tuple[Window, Entry]]:
+    """Windows for which the service holds more than one live run."""
+    return [(window, entry) for window, entry in journal.items() if entry.duplicates]
 
 
 def write_report(path: Path, journal: Journal, totals: dict[str, Any]) -> None:
@@ -210,8 +225,14 @@ def write_report(path: Path, journal: Journal, totals: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def status_document(journals: Iterable[Journal]) -> Iterator[bytes]:
-    """``status --json``: one document over one or several (shard) checkpoints, streamed."""
+def status_document(
+    journals: Iterable[Journal], extra: dict[str, Any] | None = None
+) -> Iterator[bytes]:
+    """``status --json``: one document over one or several (shard) checkpoints, streamed.
+
+    ``windows`` and ``counts`` (by state, the checkpoint's words) come first; ``extra`` keys
+    (planned total, each checkpoint and its holder, missing shards) follow.
+    """
     counts = dict.fromkeys(WindowState, 0)
     yield b'{"windows": ['
     first = True
@@ -221,7 +242,9 @@ def status_document(journals: Iterable[Journal]) -> Iterator[bytes]:
         for window, entry in window_rows(journal):
             yield (b"\n  " if first else b",\n  ") + orjson.dumps(_row(window, entry, detail=False))
             first = False
-    yield b'\n], "counts": ' + orjson.dumps({s.value: n for s, n in counts.items()}) + b"}\n"
+    tail = orjson.dumps({s.value: n for s, n in counts.items()})
+    more = b", " + orjson.dumps(extra)[1:-1] if extra else b""
+    yield b'\n], "counts": ' + tail + more + b"}\n"
 
 
 def plan_summary(plan: Plan) -> list[dict[str, Any]]:

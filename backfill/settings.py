@@ -9,11 +9,12 @@ usually committed or kept in a ConfigMap).
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from datetime import date, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -42,7 +44,7 @@ from yarl import URL
 from .auth import DEFAULT_SCOPES, IMS_URL
 from .calendar import Align, Calendar, check_zone
 from .client import PRODUCTION_URL
-from .engine import OnFailure, RetryMode
+from .engine import ExistingRuns, OnFailure, RetryMode
 from .errors import ConfigError
 from .limits import Rate
 from .planner import (
@@ -56,7 +58,7 @@ from .planner import (
     parse_window,
 )
 
-__all__ = ["FlowConfig", "Settings", "load_settings"]
+__all__ = ["FlowConfig", "Settings", "did_you_mean", "load_settings", "requested_log_format"]
 
 # Matched with fullmatch: "$" would let a trailing newline (from a secret file) through.
 _FLOW_ID = re.compile(
@@ -176,9 +178,20 @@ class Settings(BaseSettings):
     on_failure: OnFailure = OnFailure.CONTINUE
     poll_interval: Seconds = 10.0
     reconcile_delay: float = Field(2.0, ge=0)
+    reconcile_settle: float = Field(60.0, ge=0, le=86400)
+    existing_runs: ExistingRuns = ExistingRuns.ADOPT
+
+    # Failures
+    max_retries: int = Field(10, ge=0, le=1000)
+    backoff_max: Seconds = 30.0
+    max_retry_after: Seconds = 900.0
 
     # Stopping
     grace: float = Field(20.0, ge=0)
+
+    # Asking: --yes answers the questions a terminal would be asked (more than 1,000 runs) and
+    # confirms what may ingest twice (--existing-runs ignore)
+    yes: bool = False
 
     # Output
     report: Path | None = None
@@ -197,6 +210,18 @@ class Settings(BaseSettings):
     rate_per_shard: RateOption | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_file: Path | None = None
+
+    # Where each value given came from, as the user would name it: "--rate",
+    # "BACKFILL_RATE" or "backfill.toml: rate". Filled by load_settings.
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def source(self, field: str) -> str:
+        """Where the value of ``field`` came from (the flag's name when it was not given)."""
+        return self._sources.get(field, f"--{field.replace('_', '-')}")
+
+    def given(self, field: str) -> bool:
+        """Whether ``field`` was set by a flag, a variable or the config file."""
+        return field in self._sources
 
     @classmethod
     def settings_customise_sources(
@@ -337,8 +362,33 @@ class Settings(BaseSettings):
             return self.rate_per_shard
         return self.rate.divided(shards if shards is not None else self.shard_spec().count)
 
+    def effective_max_active_runs(self, shard: Shard) -> int | None:
+        """This shard's share of ``max_active_runs``, which holds per flow across all shards.
+
+        The cap is split as evenly as whole runs allow (the first ``cap % N`` shards get one
+        more), so the shares add up to the cap; a cap below the shard count would leave a
+        shard nothing, and is refused.
+        """
+        cap = self.max_active_runs
+        if cap is None or shard.count == 1:
+            return cap
+        if cap < shard.count:
+            raise ConfigError(
+                "max_active_runs",
+                f"{cap} is fewer than the {shard.count} shards; the cap holds per flow across "
+                f"all shards and each shard needs at least one: set it to {shard.count} or more",
+            )
+        return cap // shard.count + (1 if shard.index < cap % shard.count else 0)
+
     def plan(self, *, now: float) -> Plan:
         """The plan the options describe; times past ``now`` are refused."""
+        if self.flow_id is not None and self.flows:
+            raise ConfigError(
+                self.source("flow_id"),
+                f"flows are also given by [[flows]] in {self.source('flows')}; give them in "
+                f"one place: remove {self.source('flow_id')} (to run the file's flows), or "
+                "run without the config file",
+            )
         if self.flow_id is not None:
             configs = [
                 (
@@ -354,8 +404,11 @@ class Settings(BaseSettings):
             ]
         elif self.flows:
             if self.delta_column is not None:
-                raise ConfigError("--delta-column", "goes with --flow-id; put it in [[flows]]")
-            configs = [(f"flows[{i}].", flow) for i, flow in enumerate(self.flows)]
+                raise ConfigError(
+                    self.source("delta_column"), "goes with --flow-id; put it in [[flows]]"
+                )
+            file = self.source("flows").removesuffix(": flows")
+            configs = [(f"{file}: flows[{i}].", flow) for i, flow in enumerate(self.flows)]
         else:
             raise ConfigError(
                 "--flow-id",
@@ -370,7 +423,13 @@ class Settings(BaseSettings):
 
     def _flow_plan(self, prefix: str, flow: FlowConfig, now: float) -> FlowPlan:
         def name(field: str) -> str:
-            return f"--{field.replace('_', '-')}" if prefix == "--" else f"{prefix}{field}"
+            # Blame the value where it came from: the flow's own table, else the top level
+            # (a flag, a variable or the file's top-level key) that it inherited.
+            top = "flow_id" if field == "id" else field
+            own = getattr(flow, field, None) is not None
+            if prefix == "--" or (not own and self.given(top)):
+                return self.source(top)
+            return f"{prefix}{field}"
 
         if prefix != "--":
             try:
@@ -392,8 +451,10 @@ class Settings(BaseSettings):
                 raise ConfigError(name(field), str(exc)) from None
         start, end = values["start"], values["end"]
         if end <= start:
+            # Blame the flow's own value over the one it inherited.
+            own_start = flow.start is not None and flow.end is None
             raise ConfigError(
-                name("end"),
+                name("start" if own_start else "end"),
                 f"{format_time(end)} is not after the start {format_time(start)}; "
                 "the range must not be empty",
             )
@@ -416,10 +477,29 @@ class Settings(BaseSettings):
             )
         return FlowPlan.single(flow.id, start, end, size, flow.delta_column, zone)
 
+    def refuse_idle_options(self) -> None:
+        """An option given that would have no effect in this combination is an error.
+
+        Failed runs are only seen by following them (``wait`` or ``max_active_runs``), so
+        the options that say what to do with a failed run need one of those.
+        """
+        if self.wait or self.max_active_runs is not None:
+            return
+        for field in ("max_attempts", "retry_mode"):
+            if self.given(field):
+                raise ConfigError(
+                    self.source(field),
+                    "has no effect without --wait or --max-active-runs (failed runs are only "
+                    "seen by following them); add --wait, or drop it",
+                )
+
     def require_credentials(self) -> None:
         """The API options a command that talks to the service cannot do without."""
-        if not self.api_key:
-            raise ConfigError("BACKFILL_API_KEY", "missing; set it to your credential's client id")
+        if not (self.api_key or self.client_id):
+            raise ConfigError(
+                "BACKFILL_API_KEY",
+                "missing; set it (or BACKFILL_CLIENT_ID) to your credential's client id",
+            )
         if not self.org_id:
             raise ConfigError("BACKFILL_ORG_ID", "missing; set it to your org id (…@AdobeOrg)")
         if self.access_token is None and not (self.client_id and self.client_secret):
@@ -436,6 +516,7 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
     Raises ``ConfigError`` naming the option as the user spelled it.
     """
     environ = os.environ
+    _check_environment(environ)
     if config_file is None and environ.get("BACKFILL_CONFIG"):
         config_file = Path(environ["BACKFILL_CONFIG"])
     data = _read_config(config_file) if config_file is not None else {}
@@ -450,7 +531,75 @@ def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> Setting
         raise ConfigError(name, "cannot be read as a value of its kind; see the README") from None
     finally:
         _config_data.reset(token)
-    return _read_secret_files(settings)
+    settings = _read_secret_files(settings)
+    settings._sources = _sources(flags, environ, config_file, data)
+    return settings
+
+
+def requested_log_format(flags: Mapping[str, Any]) -> str | None:
+    """The log format asked for by flag or variable, read before (and even if) the rest of
+    the settings fail: it decides how that failure is printed."""
+    value = flags.get("log_format") or os.environ.get("BACKFILL_LOG_FORMAT")
+    return value if value in ("json", "console") else None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the known name closest to a mistyped one, or ``""``."""
+    known = list(known)
+    bare = name.lower().replace("-", "_").strip("_")
+    # A name that differs only in separators or case is surely that one.
+    for candidate in known:
+        if candidate.lower().replace("-", "_").replace("_", "") == bare.replace("_", ""):
+            return f" (did you mean {candidate!r}?)"
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_fields() -> list[str]:
+    return sorted(set(Settings.model_fields) - {"job_completion_index"})
+
+
+def _environment_names() -> list[str]:
+    """Every ``BACKFILL_*`` variable the tool reads."""
+    names = {f"BACKFILL_{field.upper()}" for field in _known_fields()}
+    return sorted(names | {"BACKFILL_CONFIG"})
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """A mistyped ``BACKFILL_*`` variable is refused rather than silently ignored."""
+    known = _environment_names()
+    for name in environ:
+        if name.upper().startswith("BACKFILL_") and name.upper() not in known:
+            raise ConfigError(
+                name,
+                "is not a backfill variable"
+                + did_you_mean(name.upper(), known)
+                + "; unset it, or see the README's options",
+            )
+
+
+def _sources(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+    data: Mapping[str, Any],
+) -> dict[str, str]:
+    """Where each given value came from, by the precedence flag > variable > file."""
+    upper = {name.upper() for name in environ}
+    sources: dict[str, str] = {}
+    for field in Settings.model_fields:
+        env_name = (
+            "JOB_COMPLETION_INDEX"
+            if field == "job_completion_index"
+            else f"BACKFILL_{field.upper()}"
+        )
+        if field in flags:
+            sources[field] = f"--{field.replace('_', '-')}"
+        elif env_name in upper:
+            sources[field] = env_name
+        elif field in data:
+            sources[field] = f"{config_file}: {field}"
+    return sources
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -466,7 +615,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(field, f"cannot be read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(field, f"is not valid TOML ({exc})") from None
-    known = set(Settings.model_fields) - {"job_completion_index"}
+    known = _known_fields()
     for key in data:
         if key in _SECRETS:
             raise ConfigError(
@@ -475,12 +624,35 @@ def _read_config(path: Path) -> dict[str, Any]:
                 f"BACKFILL_{key.upper()}_FILE instead",
             )
         if key not in known:
-            close = [
-                k for k in known if k.replace("_", "") == key.replace("_", "").replace("-", "")
-            ]
-            hint = f"did you mean {close[0]!r}?" if close else "see the README for the options"
-            raise ConfigError(f"{path}: {key}", f"unknown option; {hint}")
+            hint = did_you_mean(key, known) or " (see the README for the options)"
+            raise ConfigError(f"{path}: {key}", f"unknown option{hint}")
+    _check_flow_tables(path, data.get("flows"))
     return data
+
+
+# Keys people write in a [[flows]] table by analogy with the flags.
+_FLOW_KEY_ALIASES = {"flow_id": "id", "flow": "id", "flowid": "id", "flow-id": "id"}
+
+
+def _check_flow_tables(path: Path, flows: Any) -> None:
+    """``[[flows]]``: each a table with an ``id`` and only the keys a flow has."""
+    if flows is None:
+        return
+    if not isinstance(flows, list) or not all(isinstance(f, dict) for f in flows):
+        raise ConfigError(f"{path}: flows", 'must be [[flows]] tables, each with id = "<flow id>"')
+    known = sorted(FlowConfig.model_fields)
+    for i, table in enumerate(flows):
+        for key in table:
+            if key in known:
+                continue
+            alias = _FLOW_KEY_ALIASES.get(key.lower())
+            hint = f" (did you mean {alias!r}?)" if alias else did_you_mean(key, known)
+            raise ConfigError(
+                f"{path}: flows[{i}].{key}",
+                f"unknown option of a flow{hint or ' (a flow has ' + ', '.join(known) + ')'}",
+            )
+        if "id" not in table:
+            raise ConfigError(f"{path}: flows[{i}].id", "missing; give the flow's id (a UUID)")
 
 
 def _read_secret_files(settings: Settings) -> Settings:
@@ -524,7 +696,8 @@ def _config_error(
     elif env_name in environ or env_name.lower() in {k.lower() for k in environ}:
         where = env_name
     elif config_file is not None:
-        where = f"{config_file}: {'.'.join(loc)}"
+        key = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+        where = f"{config_file}: {key}"
     else:
         where = field
     return ConfigError(where, message)

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["BY_VALUE", "MOVES", "IllegalTransition", "RunStatus", "WindowState", "check_transition"]
+__all__ = [
+    "BY_VALUE",
+    "LABELS",
+    "MEANINGS",
+    "MOVES",
+    "IllegalTransition",
+    "RunStatus",
+    "WindowState",
+    "check_transition",
+]
 
 
 class WindowState(StrEnum):
@@ -35,6 +44,28 @@ class WindowState(StrEnum):
         """A run is scheduled or in progress (as far as we last heard)."""
         return self in (WindowState.SUBMITTED, WindowState.RUNNING)
 
+
+# The one vocabulary of window states: every view (status, status --json, the live display,
+# the summary, the report, the README) uses these words, which are also the values stored in
+# the checkpoint and printed by ``status --json``. A view that needs a qualifier adds it
+# ("submitting, answer lost") rather than renaming the state.
+LABELS: dict[WindowState, str] = {state: state.value for state in WindowState}
+
+MEANINGS: dict[WindowState, str] = {
+    WindowState.PENDING: "no run requested yet",
+    WindowState.SUBMITTING: (
+        "the request to create (or re-trigger) its run is recorded and being sent; if the "
+        "process stopped before the answer came, the answer is lost and the next run looks "
+        "the window up at the service before sending anything again"
+    ),
+    WindowState.SUBMITTED: "the service accepted a run (scheduled)",
+    WindowState.RUNNING: "its run is in progress",
+    WindowState.SUCCEEDED: "its run succeeded",
+    WindowState.FAILED: (
+        "its latest run failed: waiting for its next attempt, or failed for good once its "
+        "attempts are used up"
+    ),
+}
 
 _ACCEPTED = frozenset(
     {WindowState.SUBMITTED, WindowState.RUNNING, WindowState.SUCCEEDED, WindowState.FAILED}

@@ -24,12 +24,32 @@ from typing import Any
 
 import orjson
 
-from bench import emulator, journal, monitoring, planning, rate, scaling, startup, throughput
+from bench import (
+    coverage_page,
+    emulator,
+    journal,
+    monitoring,
+    planning,
+    rate,
+    scaling,
+    startup,
+    throughput,
+)
 from bench.common import ROOT, Result, Settings, fmt, machine, stop_all
 
 SCENARIOS: dict[str, ModuleType] = {
     module.NAME: module
-    for module in (startup, emulator, rate, throughput, planning, journal, monitoring, scaling)
+    for module in (
+        startup,
+        emulator,
+        rate,
+        throughput,
+        planning,
+        journal,
+        monitoring,
+        scaling,
+        coverage_page,
+    )
 }
 DEFAULT_RESULTS = ROOT / "bench" / "results.json"
 

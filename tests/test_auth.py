@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from backfill.auth import DEFAULT_SCOPES, IMS_URL, ClientCredentials, StaticToken
-from backfill.errors import AuthError, PermanentError, RetryableError, TransportError
+from backfill.errors import AuthError, ConfigError, PermanentError, RetryableError, TransportError
 
 from .mock_http import Mocked
 
@@ -248,6 +248,26 @@ async def test_ims_unreachable_is_a_transport_error(
 
     assert not info.value.in_doubt
     assert isinstance(info.value, RetryableError)
+
+
+async def test_an_ims_host_that_does_not_resolve_at_first_is_a_configuration_error(
+    credentials: ClientCredentials, mocked: Mocked, clock: FakeClock
+) -> None:
+    key = ConnectionKey("ims-na1.adobelogin.com", 443, True, True, None, None, None)
+    unresolved = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name does not resolve"))
+    mocked.post(IMS_URL, exception=unresolved)
+
+    with pytest.raises(ConfigError, match="check BACKFILL_IMS_URL") as info:
+        await credentials.token()
+    assert info.value.exit_code == 2
+
+    # Once a token came from there, the same failure is an outage, retried like any other.
+    mocked.post(IMS_URL, payload=token_answer("tok-1", expires_in=600))
+    await credentials.token()
+    clock.now += 600
+    mocked.post(IMS_URL, exception=unresolved)
+    with pytest.raises(TransportError):
+        await credentials.token()
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(

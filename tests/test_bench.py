@@ -20,6 +20,7 @@ SCENARIOS = {
     "journal",
     "monitoring",
     "scaling",
+    "coverage",
 }
 
 

@@ -188,7 +188,7 @@ async def test_a_bad_zone_names_its_source_and_the_fix(tmp_path: Path) -> None:
     for result, source, fix in (
         (flag, "--timezone", "did you mean Europe/Madrid?"),
         (env, "BACKFILL_TIMEZONE", "give an IANA name such as Europe/Madrid"),
-        (table, "flows.0.timezone", "did you mean America/New_York?"),
+        (table, "flows[0].timezone", "did you mean America/New_York?"),
         (fixed, "--align", "needs a calendar window size"),
     ):
         assert result.code == 2, result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
+import socket
+import ssl
 import time
 from collections import Counter
 from typing import Any
@@ -19,6 +21,7 @@ from backfill.client import ApiIdentity, CreatedRun, FlowServiceClient
 from backfill.errors import (
     ApiError,
     AuthError,
+    NotFlowService,
     PermanentError,
     RateLimited,
     RetryableError,
@@ -214,6 +217,7 @@ async def test_error_classes(
     kind: type[ApiError],
     in_doubt: bool,
 ) -> None:
+    client.confirmed = True  # a bare 404 at first contact is a wrong base URL (see below)
     mocked.post(RUNS, status=status, body=b"")
 
     with pytest.raises(ApiError) as info:
@@ -378,7 +382,7 @@ async def test_a_401_renews_the_token_once_and_retries(
     assert client.responses == Counter({"401": 1, "201": 1})
 
 
-async def test_a_second_401_is_an_auth_error_without_another_renewal(
+async def test_tokens_refused_as_soon_as_issued_are_an_auth_error_after_two_renewals(
     client: FlowServiceClient, mocked: Mocked, tokens: FakeTokens
 ) -> None:
     body = {"error_code": "401013", "message": "Oauth token is not valid"}
@@ -388,8 +392,8 @@ async def test_a_second_401_is_an_auth_error_without_another_renewal(
         await client.create_run(FLOW, 1651584991, 1651585956)
 
     assert info.value.status == 401
-    assert tokens.renewed == ["tok-1"]
-    assert len(calls(mocked)) == 2
+    assert tokens.renewed == ["tok-1", "tok-2"]  # each 401 on a new token, then it stops
+    assert len(calls(mocked)) == 3
 
 
 async def test_a_renewal_that_fails_is_the_error(
@@ -662,3 +666,156 @@ async def test_a_new_token_changes_the_header(
 
     sent = [kwargs["headers"]["Authorization"] for _, _, kwargs in calls(mocked)]
     assert sent == ["Bearer tok-1", "Bearer tok-new"]
+
+
+# ---------------------------------------------------------------- first contact
+
+
+def _key() -> ConnectionKey:
+    return ConnectionKey("platform.adobe.io", 443, True, True, None, None, None)
+
+
+def dns_failure() -> aiohttp.ClientConnectorDNSError:
+    return aiohttp.ClientConnectorDNSError(_key(), socket.gaierror(-2, "Name does not resolve"))
+
+
+def tls_failure() -> aiohttp.ClientConnectorSSLError:
+    error = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    return aiohttp.ClientConnectorSSLError(_key(), error)
+
+
+@pytest.mark.parametrize(
+    ("exception", "says"),
+    [(dns_failure(), "does not resolve"), (tls_failure(), "TLS handshake failed")],
+    ids=["dns", "tls"],
+)
+async def test_a_wrong_base_url_at_first_contact_is_a_configuration_error(
+    client: FlowServiceClient, mocked: Mocked, exception: Exception, says: str
+) -> None:
+    mocked.post(RUNS, exception=exception)
+
+    with pytest.raises(NotFlowService, match=says) as info:
+        await client.create_run(FLOW, 1651584991, 1651585956)
+
+    assert info.value.exit_code == 2
+    assert "--base-url" in str(info.value)
+    assert BASE in str(info.value)
+
+
+async def test_after_first_contact_a_dns_failure_is_an_outage_not_a_wrong_url(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    mocked.get(RUNS_ANY, payload={"items": []})
+    mocked.post(RUNS, exception=dns_failure())
+
+    await client.list_runs(FLOW)
+    with pytest.raises(TransportError) as info:
+        await client.create_run(FLOW, 1651584991, 1651585956)
+
+    assert client.confirmed
+    assert info.value.in_doubt is False
+
+
+async def test_a_refused_first_contact_is_retryable_and_names_the_url(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    mocked.post(RUNS, exception=connection_refused())
+
+    with pytest.raises(TransportError, match="check --base-url") as info:
+        await client.create_run(FLOW, 1651584991, 1651585956)
+
+    assert BASE in str(info.value)
+    assert info.value.in_doubt is False
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (404, b"404: Not Found", "text/plain"),
+        (404, b"<html><body>Not here</body></html>", "text/html"),
+        (200, b"<!DOCTYPE html><html>a web site</html>", "text/html"),
+    ],
+    ids=["plain-404", "html-404", "html-200-listing"],
+)
+async def test_an_answer_that_is_not_flow_service_is_a_configuration_error(
+    client: FlowServiceClient, mocked: Mocked, status: int, body: bytes, content_type: str
+) -> None:
+    mocked.get(RUNS_ANY, status=status, body=body, content_type=content_type)
+
+    with pytest.raises(NotFlowService, match="/data/foundation/flowservice") as info:
+        await client.list_runs(FLOW)
+
+    assert info.value.exit_code == 2
+    assert not client.confirmed
+
+
+async def test_flow_services_own_404_is_not_mistaken_for_a_wrong_url(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    envelope = {
+        "type": "https://ns.adobe.com/aep/errors/FLOW-1101-404",
+        "title": "Resource not found",
+        "status": 404,
+        "report": {"detailed-message": "The resource with the given id does not exist."},
+    }
+    mocked.post(re.compile(r".*/action\?op=re-trigger$"), status=404, payload=envelope)
+
+    with pytest.raises(PermanentError) as info:
+        await client.retrigger("run-1")
+
+    assert type(info.value) is PermanentError
+    assert client.confirmed
+
+
+# ---------------------------------------------------------------- the permit
+
+
+async def test_the_permit_comes_after_the_token_and_a_401_resend_takes_its_own(
+    session: aiohttp.ClientSession, mocked: Mocked, tokens: FakeTokens
+) -> None:
+    order: list[str] = []
+
+    class Recording(FakeTokens):
+        async def token(self) -> str:
+            order.append("token")
+            return await super().token()
+
+    async def permit(what: str, *, acts: bool) -> None:
+        order.append(f"permit {what} acts={acts}")
+
+    client = FlowServiceClient(session, BASE, IDENTITY, Recording(), permit)
+    mocked.post(RUNS, status=401, payload={"error_code": "401013", "message": "expired"})
+    mocked.post(RUNS, status=201, payload={"id": "run-1"})
+
+    await client.create_run(FLOW, 1651584991, 1651585956)
+
+    permits = [step for step in order if step.startswith("permit")]
+    assert permits == ["permit POST /runs acts=True"] * 2  # one per request actually sent
+    assert order[0] == "token"  # credentials first, the permit right before the send
+    assert order.index(permits[0]) > 0
+
+
+async def test_a_token_gone_stale_while_waiting_for_the_permit_is_renewed_first(
+    session: aiohttp.ClientSession, mocked: Mocked
+) -> None:
+    class Expiring(FakeTokens):
+        async def token(self) -> str:
+            return self.current
+
+    tokens = Expiring()
+    permits = 0
+
+    async def permit(what: str, *, acts: bool) -> None:
+        nonlocal permits
+        permits += 1
+        if permits == 1:
+            tokens.current = "tok-renewed"  # renewed by another worker meanwhile
+
+    client = FlowServiceClient(session, BASE, IDENTITY, tokens, permit)
+    mocked.get(RUNS_ANY, payload={"items": []})
+
+    await client.list_runs(FLOW)
+
+    sent = [kwargs["headers"]["Authorization"] for _, _, kwargs in calls(mocked)]
+    assert sent == ["Bearer tok-renewed"]
+    assert permits == 2

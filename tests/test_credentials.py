@@ -144,7 +144,8 @@ async def test_secrets_cannot_be_given_as_flags(tmp_path: Path) -> None:
     for flag in ("--access-token", "--client-secret"):
         result = await run_cli(hourly_run(FLOW_FILE, 2, flag, "x"), cli_env(None), tmp_path)
         assert result.code == 2
-        assert "unrecognized arguments" in result.stderr
+        assert "unknown option" in result.stderr
+        assert "secrets are never flags" in result.stderr
 
 
 # ---------------------------------------------------------------- bad input, table-driven

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from backfill.client import CreatedRun, Page, RunInfo
 from backfill.engine import Engine, EngineOptions, OnFailure, RetryMode
@@ -18,6 +16,8 @@ from backfill.journal import Journal
 from backfill.limits import RateLimiter
 from backfill.planner import FlowPlan, Order, Plan, Window
 from backfill.state import RunStatus, WindowState
+
+from .conftest import OpenJournal
 
 TABLE = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 FILE = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"
@@ -33,13 +33,15 @@ class FakeRun:
     delta_column: str | None
     status: RunStatus = RunStatus.SCHEDULED
     attempts: int = 1
+    created: float = 0.0  # the service's clock when the run was created
 
-    def info(self) -> RunInfo:
+    def info(self, *, hide_window: bool = False) -> RunInfo:
         errors = (
             ({"code": "X-1", "message": "it broke"},) if self.status is RunStatus.FAILED else ()
         )
+        start, end = (None, None) if hide_window else (self.start, self.end)
         return RunInfo(
-            self.run_id, self.flow_id, self.start, self.end, self.status, self.status.value, errors
+            self.run_id, self.flow_id, start, end, self.status, self.status.value, errors
         )
 
 
@@ -54,6 +56,12 @@ class FakeService:
     never_created: set[int] = field(default_factory=set)  # ...of which these created nothing
     refuse: set[int] = field(default_factory=set)  # starts answered with a 400
     statuses: list[RunStatus] = field(default_factory=list)  # statuses runs go to when polled
+    retrigger_new: bool = False  # Adobe's documented re-trigger: a new run, same window
+    lose_retriggers: int = 0  # this many re-trigger answers are lost (the run is created)
+    hide_windows: bool = False  # listed runs do not say their window
+    lag: float = 0.0  # a run shows in listings only this long after its creation
+    clock: Callable[[], float] = lambda: 0.0  # the service's clock (for the lag)
+    clock_offset: float | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _arrivals: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -82,7 +90,7 @@ class FakeService:
         return CreatedRun(self._new(flow_id, start, end, delta_column).run_id)
 
     def _new(self, flow_id: str, start: int, end: int, delta: str | None) -> FakeRun:
-        run = FakeRun(f"run-{next(self._ids)}", flow_id, start, end, delta)
+        run = FakeRun(f"run-{next(self._ids)}", flow_id, start, end, delta, created=self.clock())
         self.runs[run.run_id] = run
         return run
 
@@ -90,6 +98,12 @@ class FakeService:
         self.calls.append(("retrigger", run_id))
         run = self.runs[run_id]
         assert run.status is RunStatus.FAILED, "only a failed run may be re-triggered"
+        if self.retrigger_new:
+            new = self._new(run.flow_id, run.start, run.end, None)
+            if self.lose_retriggers:
+                self.lose_retriggers -= 1
+                raise TransportError("no answer: reset", request="POST /action", in_doubt=True)
+            return CreatedRun(new.run_id)
         run.status = RunStatus.SCHEDULED
         run.attempts += 1
         return CreatedRun(run_id)
@@ -105,19 +119,30 @@ class FakeService:
     ) -> Page:
         self.calls.append(("list", (flow_id, tuple(ids))))
         found = [r for r in self.runs.values() if flow_id is None or r.flow_id == flow_id]
+        found = [r for r in found if r.created + self.lag <= self.clock()]
         if ids:
             found = [r for r in found if r.run_id in ids]
             for run in found:  # a poll moves every active run to its next scripted status
                 if not run.status.finished and self.statuses:
                     run.status = self.statuses.pop(0)
-        return Page([r.info() for r in found[:limit]], None)
+        return Page([r.info(hide_window=self.hide_windows) for r in found[:limit]], None)
 
     def created(self) -> list[tuple[str, int, str | None]]:
         return [c[1] for c in self.calls if c[0] == "create"]  # type: ignore[misc]
 
 
-async def _no_wait(_seconds: float) -> None:
-    await asyncio.sleep(0)
+class JumpClock:
+    """Virtual time that jumps ahead by whatever a task sleeps: waits cost nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
 
 
 def _plan(*flows: FlowPlan) -> Plan:
@@ -128,27 +153,13 @@ def _hours(flow: str, hours: int, delta: str | None = None) -> FlowPlan:
     return FlowPlan.single(flow, T0, T0 + 3600 * hours, 3600, delta)
 
 
-OpenJournal = Callable[[Plan], Journal]
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[OpenJournal]:
-    """Open the test's checkpoint for a plan; closed at the end."""
-    opened: list[Journal] = []
-
-    def open_journal(plan: Plan) -> Journal:
-        opened.append(Journal.open(tmp_path / "ck.jsonl", plan))
-        return opened[-1]
-
-    yield open_journal
-    for each in opened:
-        await each.close()
-
-
-def _engine(journal: Journal, service: FakeService, **options: Any) -> Engine:
+def _engine(
+    journal: Journal, service: FakeService, clock: JumpClock | None = None, **options: Any
+) -> Engine:
     settings = EngineOptions(concurrency=4, poll_interval=0.01, reconcile_delay=0, seed=1)
     settings = replace(settings, **options)
-    return Engine(journal, service, RateLimiter(None), settings, sleep=_no_wait)
+    clock = clock or JumpClock()
+    return Engine(journal, service, RateLimiter(None), settings, clock=clock, sleep=clock.sleep)
 
 
 def _states(journal: Journal, plan: Plan) -> list[WindowState]:

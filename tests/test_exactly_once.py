@@ -80,7 +80,9 @@ async def test_kill_9_at_random_moments_thirty_times(tmp_path: Path) -> None:
 async def test_lost_answers_and_server_errors_still_give_one_run_per_window(tmp_path: Path) -> None:
     async with emulator(drop_rate=0.2, error_rate=0.2, seed=11) as emu:
         result = await run_cli(
-            hourly_run(FLOW_FILE, 300, "--rate", "400/s", "--concurrency", "16"),
+            hourly_run(
+                FLOW_FILE, 300, "--rate", "400/s", "--concurrency", "16", "--reconcile-settle", "5"
+            ),
             cli_env(emu),
             tmp_path,
         )
@@ -112,7 +114,10 @@ async def test_sigterm_exits_143_in_grace_and_leaves_nothing_in_doubt(tmp_path: 
         resumed = await run_cli(args, env, tmp_path)
         stats = emu.stats()
     assert resumed.code == 0, resumed.stderr
-    assert sum(stats["requests"]["by_endpoint"]["GET /runs"].values()) == lists_before
+    # Nothing was in doubt, so no reconciliation: only the one listing of the flow's runs that
+    # looks for runs the service already has before new windows are sent (a page per 100).
+    pages = len(stats["runs"]) // 100 + 1
+    assert sum(stats["requests"]["by_endpoint"]["GET /runs"].values()) <= lists_before + pages
     assert not any(line["event"] == "in_doubt_on_resume" for line in resumed.json_lines())
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 400))
 
@@ -222,7 +227,9 @@ async def test_another_plan_is_refused_with_what_differs_and_extend_adds_windows
     later = await run_cli(hourly_run(FLOW_FILE, 9), env, tmp_path)
     assert later.code == 3
     assert "--extend" in later.stderr
-    async with emulator() as emu:
+    # Another seed: a fresh emulator must not mint the run ids the checkpoint already holds
+    # (one run id is one window's, and the tool refuses a service that says otherwise).
+    async with emulator(seed=1) as emu:
         extended = await run_cli(hourly_run(FLOW_FILE, 9, "--extend"), cli_env(emu), tmp_path)
         stats = emu.stats()
     assert extended.code == 0, extended.stderr

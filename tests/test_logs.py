@@ -219,3 +219,17 @@ def test_console_mode_is_not_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hello_console" in buffer.getvalue()
     assert "answer" in buffer.getvalue()
     assert not buffer.getvalue().startswith("{")
+
+
+def test_console_lines_show_a_window_in_iso_8601_as_well(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_json", False)
+    buffer = io.StringIO()
+    try:
+        configure("console", "info", stream=buffer)
+        structlog.get_logger().info("window_failed", window_start=1735689600, window_end=1735776000)
+    finally:
+        structlog.reset_defaults()
+
+    line = buffer.getvalue()
+    assert "window=2025-01-01T00:00:00Z..2025-01-02T00:00:00Z" in line
+    assert "window_start=1735689600" in line

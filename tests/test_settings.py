@@ -407,7 +407,7 @@ def test_plan_errors_name_the_flag(changes: dict[str, Any], field: str, words: s
     ("second_flow", "field", "words"),
     [
         ('end = "2030-01-01"', "flows[1].end", "in the future"),
-        ('start = "2024-03-01"', "flows[1].end", "not after the start"),
+        ('start = "2024-03-01"', "flows[1].start", "not after the start"),
         ('window = "0s"', "flows[1].window", "not a positive window size"),
         ("start = 1651584991000", "flows[1].start", "milliseconds"),
         ('end = "16515859567"', "flows[1].end", "10 digits"),
@@ -432,7 +432,7 @@ id = "{OTHER}"
 
     error = plan_error({}, config)
 
-    assert error.field == field
+    assert error.field == f"{config}: {field}"
     assert words in str(error)
 
 
@@ -607,8 +607,8 @@ BAD_INPUTS = [
     Bad("env", {"wait": "maybe"}, "BACKFILL_WAIT"),
     Bad("env", {"extend": "perhaps"}, "BACKFILL_EXTEND"),
     Bad("env", {"order": "sideways"}, "BACKFILL_ORDER"),
-    Bad("env", {"window": "0s"}, "window"),
-    Bad("env", {"start": "1651584991000"}, "start"),
+    Bad("env", {"window": "0s"}, "BACKFILL_WINDOW"),
+    Bad("env", {"start": "1651584991000"}, "BACKFILL_START"),
     Bad("env", {}, "JOB_COMPLETION_INDEX", {"JOB_COMPLETION_INDEX": "-1"}),
     Bad("env", {}, "JOB_COMPLETION_INDEX", {"JOB_COMPLETION_INDEX": "x"}),
     Bad(

@@ -77,7 +77,7 @@ async def test_four_shards_at_once_submit_every_window_exactly_once_under_the_to
     text = await run_cli(
         ["status", "--checkpoint", str(tmp_path / "ck-{shard}.jsonl")], cli_env(None), tmp_path
     )
-    assert f"all shards: {2 * HOURS} submitted" in text.stdout
+    assert f"all shards: {2 * HOURS} windows planned; {2 * HOURS} submitted" in text.stdout
 
 
 async def test_a_killed_shard_restarted_with_its_index_resumes_from_its_own_checkpoint(
@@ -145,6 +145,8 @@ async def test_every_line_in_json_mode_parses_and_carries_its_context(tmp_path: 
                 "0.2",
                 "--rate",
                 "100/s",
+                "--reconcile-settle",
+                "3",
             ],
             cli_env(emu),
             tmp_path,

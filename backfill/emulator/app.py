@@ -107,6 +107,7 @@ class EmulatorApp:
         route("POST", IMS_PATH, self._ims_token)
         route("GET", "/__emulator/stats", self._stats)
         route("POST", "/__emulator/reset", self._reset)
+        route("POST", "/__emulator/revoke-tokens", self._revoke_tokens)
         route("GET", "/", self._index)
         return app
 
@@ -252,6 +253,9 @@ class EmulatorApp:
         self.reset()
         return _json(200, {"reset": True})
 
+    async def _revoke_tokens(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, {"revoked": self.gate.revoke()})
+
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return _json(
             200,
@@ -347,6 +351,10 @@ class Emulator:
     def reset(self) -> None:
         """Same as ``POST /__emulator/reset``."""
         self._app.reset()
+
+    def revoke_tokens(self) -> int:
+        """Same as ``POST /__emulator/revoke-tokens``: every issued token is refused from now."""
+        return self._app.gate.revoke()
 
     @property
     def app(self) -> EmulatorApp:

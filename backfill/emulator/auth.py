@@ -125,6 +125,13 @@ class Gatekeeper:
             "expires_in": int(config.token_lifetime),
         }
 
+    def revoke(self) -> int:
+        """Every token issued so far stops being valid now (as if revoked in the console)."""
+        now = self._now()
+        for token in self._issued:
+            self._issued[token] = min(self._issued[token], now)
+        return len(self._issued)
+
     def snapshot(self) -> dict[str, Any]:
         """Issued tokens and the token stream, so a restart does not log clients out."""
         return {"issued": dict(self._issued), "rng": rng_state(self._rng)}

@@ -41,6 +41,7 @@ inspection:
                            duplicates, requests per endpoint and status, the most
                            requests in one second, the most active runs per flow
   POST /__emulator/reset   forget runs, undeclared flows and counters
+  POST /__emulator/revoke-tokens   every token issued so far is refused (401) from now
 
 examples:
   backfill emulator --port 8080 --flow 3abea21c-7e36-4be1-bec1-d3bad0e3e0de:table

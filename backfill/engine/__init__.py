@@ -11,7 +11,9 @@
                 sends the window back to dispatch when the service has none
     monitor:    one list call per flow and page of tracked run ids -> status records;
                 failed runs go back to dispatch until their attempts run out
-    listing:    the one place that pages through ``GET /runs`` (gate, reconcile, monitor)
+    adopt:      before anything is sent, the runs the service already holds for windows the
+                checkpoint never saw are recorded (one listing per flow), never sent again
+    listing:    the one place that pages through ``GET /runs`` (every part above)
 
 The parts talk only through the board and the control, never through one another's private
 state; the reconciler hands an adopted run to the monitor's ``observe``.
@@ -20,6 +22,6 @@ state; the reconciler hands an adopted run to the monitor's ``observe``.
 from __future__ import annotations
 
 from .core import Engine
-from .options import EngineOptions, OnFailure, Outcome, RetryMode, Stats
+from .options import EngineOptions, ExistingRuns, OnFailure, Outcome, RetryMode, Stats
 
-__all__ = ["Engine", "EngineOptions", "OnFailure", "Outcome", "RetryMode", "Stats"]
+__all__ = ["Engine", "EngineOptions", "ExistingRuns", "OnFailure", "Outcome", "RetryMode", "Stats"]

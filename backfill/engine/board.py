@@ -12,13 +12,16 @@ import asyncio
 from collections import deque
 from collections.abc import Iterator
 from enum import Enum
+from time import time as wall
 from typing import Any
 
 import structlog
 
+from backfill.client import RunInfo
 from backfill.journal import Entry, Journal
+from backfill.limits import Clock
 from backfill.planner import FlowPlan, Window
-from backfill.state import WindowState
+from backfill.state import RunStatus, WindowState
 
 from .options import EngineOptions, RetryMode, Stats
 
@@ -40,7 +43,16 @@ class Gate(Enum):
 class Job:
     """One request to make for one window."""
 
-    __slots__ = ("attempt", "first", "mode", "run_id", "window")
+    __slots__ = (
+        "attempt",
+        "first",
+        "looks",
+        "mode",
+        "next_look",
+        "run_id",
+        "settle_until",
+        "window",
+    )
 
     def __init__(
         self,
@@ -56,12 +68,27 @@ class Job:
         self.mode = mode  # None: a new run; RETRIGGER: re-trigger run_id
         self.run_id = run_id
         self.first = first
+        # While in doubt: when reconciliation looks next, how often it has looked, and when
+        # "the service has no run" may be concluded (monotonic seconds).
+        self.next_look = 0.0
+        self.looks = 0
+        self.settle_until = 0.0
 
 
 class Flow:
     """The engine's view of one flow: its window stream, gate and active runs."""
 
-    __slots__ = ("active", "exhausted", "gate", "head", "plan", "retries", "stream", "tracked")
+    __slots__ = (
+        "active",
+        "exhausted",
+        "gate",
+        "head",
+        "plan",
+        "recorded",
+        "retries",
+        "stream",
+        "tracked",
+    )
 
     def __init__(self, plan: FlowPlan, stream: Iterator[Window], gate: Gate) -> None:
         self.plan = plan
@@ -72,13 +99,17 @@ class Flow:
         self.active = 0  # in flight + in doubt + tracked runs
         self.retries: deque[Job] = deque()
         self.tracked: dict[str, Window] = {}  # run id -> window, for the monitor
+        self.recorded = 0  # windows of this flow the checkpoint has a record of
 
 
 class Board:
     """What the parts of one engine share; built from the plan and the checkpoint."""
 
-    def __init__(self, journal: Journal, options: EngineOptions, stats: Stats) -> None:
+    def __init__(
+        self, journal: Journal, options: EngineOptions, stats: Stats, clock: Clock
+    ) -> None:
         self.journal = journal
+        self.clock = clock
         self.options = options
         self.stats = stats
         self.flows: dict[str, Flow] = {}
@@ -89,6 +120,9 @@ class Board:
         self.wake = asyncio.Event()  # the dispatcher looks again
         self.doubt_added = asyncio.Event()
         self.tracking = asyncio.Event()  # a run is tracked: the monitor has work
+        # Run id -> the window it was answered or adopted for (active runs and this process's):
+        # one run id is one window's, and a service that says otherwise is caught.
+        self.owners: dict[str, Window] = {}
 
     def prepare(self) -> None:
         """Build each flow's stream and gate, and pick up what the checkpoint left open."""
@@ -102,34 +136,30 @@ class Board:
             )
             for flow in plan.flows
         }
-        for flow in self.flows.values():
-            if self.journal.has_run(flow.plan.flow_id):
-                flow.gate = Gate.OPEN  # the flow has a run: its delta column is set
-        # Only windows left open matter here: on a resume of a million finished windows, the
-        # journal skips the rest without building a window or an entry for each.
-        wanted = {WindowState.SUBMITTING}
-        if options.monitoring:
-            wanted |= {WindowState.SUBMITTED, WindowState.RUNNING}
-        if options.retry_failed:
-            wanted.add(WindowState.FAILED)
-        for window, entry in self.journal.items(wanted):
+        for window, entry in self.journal.items():
             flow = self.flows[window.flow_id]
+            flow.recorded += 1
+            if entry.run_id is not None:
+                flow.gate = Gate.OPEN  # the flow has a run: its delta column is set
             state = entry.state
             if state is WindowState.SUBMITTING:
                 job = Job(window, entry.attempt)
                 if entry.retrigger:
                     job.mode, job.run_id = RetryMode.RETRIGGER, entry.run_id
-                self.doubt.setdefault(window.flow_id, {})[window] = job
+                # The listing may lag the run's creation, which was about the intent's time:
+                # an old intent needs no more settling than the looks themselves.
+                age = max(0.0, wall() - entry.since)
+                self._doubt(job, settle=max(0.0, options.reconcile_settle - age), delay=0.0)
                 flow.active += 1
-            elif state.active and options.monitoring and entry.run_id is not None:
-                flow.tracked[entry.run_id] = window
-                flow.active += 1
-            elif (
-                state is WindowState.FAILED
-                and options.retry_failed
-                and entry.attempt >= options.max_attempts
-            ):
-                self.budget[window] = entry.attempt  # `retry`: a fresh set of attempts
+            elif state.active and entry.run_id is not None:
+                self.owners[entry.run_id] = window
+                if options.monitoring:
+                    flow.tracked[entry.run_id] = window
+                    flow.active += 1
+            elif state is WindowState.FAILED and options.retry_failed:
+                # `retry`: every failed window gets a fresh --max-attempts, however many
+                # attempts the run before it allowed.
+                self.budget[window] = entry.attempt
         if self.doubt:
             log.info("in_doubt_on_resume", windows=sum(len(d) for d in self.doubt.values()))
 
@@ -166,8 +196,53 @@ class Board:
         log.warning(
             "request_in_doubt", **window_fields(job.window), attempt=job.attempt, error=str(error)
         )
+        self._doubt(job, settle=self.options.reconcile_settle, delay=self.options.reconcile_delay)
+
+    def _doubt(self, job: Job, *, settle: float, delay: float) -> None:
+        now = self.clock()
+        job.looks = 0
+        job.next_look = now + delay
+        job.settle_until = now + settle
         self.doubt.setdefault(job.window.flow_id, {})[job.window] = job
         self.doubt_added.set()
+
+    # ------------------------------------------------------------ run owners
+
+    def claim(self, run_id: str, window: Window) -> None:
+        """The run is the window's from now on."""
+        self.owners[run_id] = window
+
+    def owner_ok(self, run_id: str, window: Window) -> bool:
+        """May this run id be the window's? Not if it is already another window's."""
+        owner = self.owners.get(run_id)
+        if owner is None or owner == window:
+            return True
+        self.stats.foreign_runs += 1
+        log.error(
+            "run_id_of_another_window",
+            run_id=run_id,
+            **window_fields(window),
+            owner_window_start=owner.start,
+            owner_window_end=owner.end,
+            owner_flow=owner.flow_id,
+            hint="the service answered one run id for two windows; neither counts as done",
+        )
+        return False
+
+    async def check_duplicates(self, window: Window, kept: RunInfo, runs: list[RunInfo]) -> None:
+        """More than one live run for the window: record them all, say so, never silently."""
+        others = sorted({r.run_id for r in runs if r.run_id != kept.run_id and _live(r)})
+        if not others or not _live(kept):
+            return
+        self.stats.duplicates_found += 1
+        log.error(
+            "duplicate_runs_found",
+            **window_fields(window),
+            kept=kept.run_id,
+            others=others,
+            hint="the service holds more than one live run for this window",
+        )
+        await self.journal.note(window, duplicates=tuple(others))
 
     # -------------------------------------------------------------- questions
 
@@ -186,6 +261,11 @@ class Board:
 
     def tracked_any(self) -> bool:
         return any(flow.tracked for flow in self.flows.values())
+
+
+def _live(run: RunInfo) -> bool:
+    """Scheduled, in progress or succeeded: a run that ingests (or will ingest) its window."""
+    return run.status is not RunStatus.FAILED
 
 
 def window_fields(window: Window) -> dict[str, Any]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 
 from backfill.client import RunsApi
+from backfill.errors import BackfillError, RequestNotSent
 from backfill.journal import Journal
 from backfill.limits import Clock, RateLimiter, Sleep, monotonic, real_sleep
+from backfill.permits import Permits
 
+from .adopt import Adopter
 from .board import Board, Gate
 from .control import Control
 from .dispatch import Dispatcher
 from .listing import Lister
 from .monitor import Monitor
-from .options import EngineOptions, Outcome, Stats
+from .options import EngineOptions, ExistingRuns, Outcome, Stats
 from .reconcile import Reconciler
 from .submit import Submitter
 
@@ -34,19 +37,30 @@ class Engine:
         limiter: RateLimiter,
         options: EngineOptions,
         *,
+        permits: Permits | None = None,
         clock: Clock = monotonic,
         sleep: Sleep = real_sleep,
     ) -> None:
+        """``permits``: the ones the client takes before each send (of ``limiter``)."""
         self._clock = clock
         self._options = options
         self.stats = Stats()
-        self._board = board = Board(journal, options, self.stats)
-        self._control = control = Control(board, limiter, options, self.stats, sleep)
-        lister = Lister(client, limiter, self.stats, options.page_size)
+        self._board = board = Board(journal, options, self.stats, clock)
+        permits = permits if permits is not None else Permits(limiter)
+        self._control = control = Control(board, permits, options, self.stats, sleep)
+        lister = Lister(client, self.stats, options.page_size)
         self._monitor = Monitor(board, control, lister, options)
-        self._reconciler = Reconciler(board, control, lister, self._monitor, options)
-        self._submitter = Submitter(board, control, client, limiter, options)
+        self._reconciler = Reconciler(
+            board,
+            control,
+            lister,
+            self._monitor,
+            options,
+            lambda: getattr(client, "clock_offset", None),
+        )
+        self._submitter = Submitter(board, control, client, options)
         self._dispatcher = Dispatcher(board, control, lister, options)
+        self._adopter = Adopter(board, control, lister, options)
         self.started = 0.0
 
     async def run(self) -> Outcome:
@@ -54,6 +68,14 @@ class Engine:
         self.started = self._clock()
         board, control = self._board, self._control
         board.prepare()
+        if self._options.existing_runs is ExistingRuns.ADOPT:
+            try:
+                await self._adopter.adopt_existing()
+            except RequestNotSent:
+                return Outcome(control.stopping, control.error)
+            except BackfillError as exc:
+                control.fail(exc)
+                return Outcome(control.stopping, control.error)
         async with asyncio.TaskGroup() as group:
             for flow in board.flows.values():
                 if flow.gate is Gate.CHECKING:
@@ -68,7 +90,7 @@ class Engine:
     async def refresh(self) -> None:
         """One reconciliation and one status poll of everything unfinished; no submissions."""
         self._board.prepare()
-        await self._reconciler.batch()
+        await self._reconciler.batch(final=False)
         await self._monitor.poll()
 
     def stop(self, reason: str) -> None:

@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from backfill.errors import ApiError, RetryableError
+from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
 from backfill.planner import Order
+from backfill.retry import Retries
 from backfill.state import WindowState
 
 from .board import Board, Flow, Gate, Job
@@ -148,15 +149,24 @@ class Dispatcher:
         shard = self._board.journal.plan.shard
         owner = plan.owner(first.start, shard.count) if first is not None else shard.index
         told = False
+        retries = Retries(self._options.backoff)
         while not control.closed.is_set():
             try:
                 page = await self._lister.page(plan.flow_id, limit=1)
+            except RequestNotSent:
+                return  # stopping
             except RetryableError as exc:
-                await control.nap(control.backoff(exc, 1))
+                try:
+                    retry = retries.failed(exc)
+                except ApiUnavailable as spent:
+                    control.fail(spent)
+                    return
+                await control.nap(control.backoff(exc, retry))
                 continue
             except ApiError as exc:
                 control.fail(exc)
                 return
+            retries.succeeded()
             if flow.gate is not Gate.CHECKING and flow.gate is not Gate.WAITING_FOR_SHARD:
                 return  # reconciliation adopted a run meanwhile
             if page.runs:

@@ -1,7 +1,7 @@
 """Paging through the service's listing of runs: the one place every part lists runs.
 
 Reconciliation, the delta-column gate and the monitor all read runs through ``Lister``; each
-page is one request under the rate limit and is counted.
+page is one request (the client takes its rate permit) and is counted.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from backfill.client import Page, RunInfo, RunsApi
-from backfill.limits import RateLimiter
 
 from .options import Stats
 
@@ -17,11 +16,10 @@ __all__ = ["Lister"]
 
 
 class Lister:
-    """Lists a flow's runs, page after page, each page one rate-limited request."""
+    """Lists a flow's runs, page after page, each page one request."""
 
-    def __init__(self, client: RunsApi, limiter: RateLimiter, stats: Stats, page_size: int):
+    def __init__(self, client: RunsApi, stats: Stats, page_size: int):
         self._client = client
-        self._limiter = limiter
         self._stats = stats
         self.page_size = page_size
 
@@ -35,7 +33,6 @@ class Lister:
         href: str | None = None,
     ) -> Page:
         """One page of the listing (the next one, given the previous page's ``next_href``)."""
-        await self._limiter.acquire()
         self._stats.list_requests += 1
         return await self._client.list_runs(
             flow_id,

@@ -4,7 +4,8 @@
     succeeded: slot freed; failed: re-run (re-trigger or new run) until attempts run out,
     then failed for good
 
-Polls back off while nothing changes. It may touch: the board's tracked runs, slots and
+Polls back off while nothing changes; polls that keep failing draw on the retry budget, then
+stop the run (exit 75). It may touch: the board's tracked runs, slots and
 re-runs; the journal (status records of tracked windows); the lister; the control (giving a
 window up, errors, naps).
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 import structlog
 
 from backfill.client import RunInfo
-from backfill.errors import ApiError, RetryableError
+from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
 from backfill.planner import Window
+from backfill.retry import Retries
 from backfill.state import RunStatus, WindowState
 
 from .board import Board, Flow, window_fields
@@ -38,7 +40,9 @@ class Monitor:
         self._control = control
         self._lister = lister
         self._options = options
+        self._retries = Retries(options.backoff)
         self.unknown_statuses: set[str] = set()
+        self.foreign: set[str] = set()  # tracked run ids the service says are another window's
 
     async def loop(self) -> None:
         """Poll while runs are tracked, backing off while nothing changes."""
@@ -73,13 +77,23 @@ class Monitor:
                         window = flow.tracked.get(run.run_id)
                         if window is not None:
                             changed |= self.observe(flow, window, run)
+                except RequestNotSent:
+                    return changed  # stopping
                 except RetryableError as exc:
-                    log.warning("poll_failed", flow=flow.plan.flow_id, error=str(exc))
-                    await control.nap(control.backoff(exc, 1))
+                    try:
+                        retry = self._retries.failed(exc)
+                    except ApiUnavailable as spent:
+                        control.fail(spent)
+                        return changed
+                    log.warning(
+                        "poll_failed", flow=flow.plan.flow_id, error=str(exc), retries=retry
+                    )
+                    await control.nap(control.backoff(exc, retry))
                     return changed
                 except ApiError as exc:
                     control.fail(exc)
                     return changed
+        self._retries.succeeded()
         return changed
 
     def observe(self, flow: Flow, window: Window, run: RunInfo) -> bool:
@@ -88,6 +102,22 @@ class Monitor:
         journal = board.journal
         entry = journal.get(window)
         if entry is None or entry.run_id != run.run_id:
+            return False
+        if run.window_start is not None and (run.window_start, run.window_end) != (
+            window.start,
+            window.end,
+        ):
+            # The service says this run is another window's: it does not make this one done.
+            if run.run_id not in self.foreign:
+                self.foreign.add(run.run_id)
+                board.stats.foreign_runs += 1
+                log.error(
+                    "run_of_another_window",
+                    **window_fields(window),
+                    run_id=run.run_id,
+                    run_window_start=run.window_start,
+                    run_window_end=run.window_end,
+                )
             return False
         if run.status is RunStatus.UNKNOWN and run.raw_status not in self.unknown_statuses:
             self.unknown_statuses.add(run.raw_status)
@@ -102,7 +132,10 @@ class Monitor:
             journal.record_nowait(window, new)
             return True
         errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
-        journal.record_nowait(window, new, errors=errors)
+        retrying = entry.attempt < board.allowed(window)
+        journal.record_nowait(
+            window, new, errors=errors, retrying=retrying if new is WindowState.FAILED else None
+        )
         log.debug(
             "run_finished",
             **window_fields(window),
@@ -110,10 +143,10 @@ class Monitor:
             run_id=run.run_id,
             status=new,
         )
-        del flow.tracked[run.run_id]
-        flow.active -= 1
+        if flow.tracked.pop(run.run_id, None) is not None:
+            flow.active -= 1
         if new is WindowState.FAILED:
-            if entry.attempt < board.allowed(window):
+            if retrying:
                 flow.retries.append(board.retry_job(window, entry))
             else:
                 first_error = errors[0].get("message", "") if errors else "no error given"

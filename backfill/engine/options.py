@@ -12,7 +12,7 @@ from backfill.errors import BackfillError
 from backfill.limits import Backoff
 from backfill.planner import Order
 
-__all__ = ["EngineOptions", "OnFailure", "Outcome", "RetryMode", "Stats"]
+__all__ = ["EngineOptions", "ExistingRuns", "OnFailure", "Outcome", "RetryMode", "Stats"]
 
 
 class RetryMode(StrEnum):
@@ -20,6 +20,13 @@ class RetryMode(StrEnum):
 
     RETRIGGER = "re-trigger"
     NEW_RUN = "new-run"
+
+
+class ExistingRuns(StrEnum):
+    """What to do with runs the service already holds for windows the checkpoint never saw."""
+
+    ADOPT = "adopt"
+    IGNORE = "ignore"
 
 
 class OnFailure(StrEnum):
@@ -44,10 +51,17 @@ class EngineOptions:
     poll_interval: float = 10.0
     poll_max_interval: float = 120.0
     reconcile_delay: float = 2.0
-    # Reconciliation lists runs created since the intent, minus this much for clock skew.
+    # "The service has no run" only after the listing was looked at for this long: a run
+    # created just before a lost answer may show up in listings later.
+    reconcile_settle: float = 60.0
+    # Reconciliation lists runs created since the intent (in the service's time, measured
+    # from its Date headers), minus this much for the clocks' resolution and drift.
     reconcile_margin: float = 900.0
+    existing_runs: ExistingRuns = ExistingRuns.ADOPT
     page_size: int = 100
     backoff: Backoff = field(default_factory=Backoff)
+    # A Retry-After longer than this ends the run (exit 75) rather than pause it.
+    max_retry_after: float = 900.0
     seed: int | None = None
 
     @property
@@ -66,7 +80,10 @@ class Stats:
     retried_runs: int = 0
     request_retries: int = 0
     rate_limited: int = 0
-    duplicates_found: int = 0
+    duplicates_found: int = 0  # windows with more than one live run at the service
+    adopted_existing: int = 0  # windows whose run the service already had
+    left_in_doubt: int = 0  # windows not sent: runs exist whose window is unreadable
+    foreign_runs: int = 0  # run ids answered or listed for a window they do not belong to
     polls: int = 0
     list_requests: int = 0
     reconciliations: int = 0

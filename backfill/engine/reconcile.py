@@ -1,22 +1,41 @@
 """Reconciliation: settling requests whose answer was lost, against the service's listing.
 
-    in doubt (lost answer, 5xx, timeout, crash) -> wait ``reconcile_delay`` -> one paginated
-    listing per flow -> adopt the run whose window matches, or send the window again when the
-    service has none
+    in doubt (lost answer, timeout, 5xx or 408, a crash) -> look after ``reconcile_delay``
+    -> list the flow's runs created since the intent (one paginated listing per flow)
+    -> a run of this window the checkpoint does not know: adopt it (re-triggers too: Adobe's
+       re-trigger creates a new run, help/sources/tutorials/api/retry-flows.md in
+       AdobeDocs/experience-platform.en)
+    -> none yet: look again, backing off, until ``reconcile_settle`` has passed (a listing can
+       lag the run's creation); only then is the window sent again
+    -> runs whose window cannot be read were created since the intent: the window stays in
+       doubt with their ids on record, and is never sent again blindly
 
-A window in doubt is never sent again blindly: the service may hold a run for it.
+A window in doubt is never sent again blindly: the service may hold a run for it. Listings
+that keep failing draw on the retry budget (backoff with jitter), then stop the run (exit 75).
+The service is the source of truth; the checkpoint is a durable cache of it.
 
-It may touch: the board's doubts, slots and re-runs; the journal (its windows' records); the
-lister; the monitor, to record what an adopted run's status already says.
+It may touch: the board's doubts, slots and re-runs; the journal (its windows' records and
+notes); the lister; the monitor, to record what an adopted run's status already says.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import structlog
 
 from backfill.client import RunInfo
-from backfill.errors import ApiError, AuthError, PermanentError, RetryableError
+from backfill.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    PermanentError,
+    RequestNotSent,
+    RetryableError,
+)
 from backfill.planner import Window
+from backfill.retry import Retries
 from backfill.state import RunStatus, WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -25,11 +44,29 @@ from .listing import Lister
 from .monitor import Monitor
 from .options import EngineOptions, RetryMode
 
-__all__ = ["Reconciler"]
+__all__ = ["Found", "Reconciler", "adoption_rank", "created_since_ms"]
 
 log = structlog.get_logger("backfill.engine")
 
-Found = dict[tuple[int, int] | str, list[RunInfo]]
+# Between two looks at a doubt while it settles: at least, and at most (seconds).
+_MIN_LOOK_INTERVAL = 1.0
+_MAX_LOOK_INTERVAL = 30.0
+
+
+@dataclass(slots=True)
+class Found:
+    """One flow's listing, arranged for settling: runs by window, by id, and unreadable ones."""
+
+    by_window: dict[tuple[int, int], list[RunInfo]] = field(default_factory=dict)
+    by_id: dict[str, RunInfo] = field(default_factory=dict)
+    unreadable: list[RunInfo] = field(default_factory=list)
+
+    def add(self, run: RunInfo) -> None:
+        self.by_id[run.run_id] = run
+        if run.window_start is None or run.window_end is None:
+            self.unreadable.append(run)
+        else:
+            self.by_window.setdefault((run.window_start, run.window_end), []).append(run)
 
 
 class Reconciler:
@@ -42,118 +79,152 @@ class Reconciler:
         lister: Lister,
         monitor: Monitor,
         options: EngineOptions,
+        clock_offset: Callable[[], float | None],
     ) -> None:
         self._board = board
         self._control = control
         self._lister = lister
         self._monitor = monitor
         self._options = options
+        self._retries = Retries(options.backoff)
+        self._clock_offset = clock_offset
 
     async def loop(self) -> None:
-        """Settle doubts as they come, until the engine closes."""
+        """Settle doubts as they come, each when its next look is due, until the engine closes."""
         board, control = self._board, self._control
-        delay = 0.0  # what the checkpoint left in doubt is settled at once
         while not control.closed.is_set():
             if not board.doubt:
                 board.doubt_added.clear()
                 await control.wait_or_close(board.doubt_added)
-                delay = self._options.reconcile_delay
                 continue
-            if delay:
-                # Let a just-created run show up in the service's listing before we look.
-                await control.nap(delay)
-                if control.closed.is_set():
-                    return
+            due = min(job.next_look for jobs in board.doubt.values() for job in jobs.values())
+            wait = due - board.clock()
+            if wait > 0:
+                # A new doubt may be due sooner than the others' next look: it wakes us.
+                board.doubt_added.clear()
+                await control.nap_or(board.doubt_added, wait)
+                continue
             await self.batch()
 
-    async def batch(self) -> None:
-        """Settle every doubt on the board now: one listing per flow."""
+    async def batch(self, *, final: bool = True) -> None:
+        """Look at every doubt that is due; ``final=False`` only adopts (status --refresh)."""
         board, control = self._board, self._control
-        batch, board.doubt = board.doubt, {}
+        now = board.clock()
+        due: dict[str, dict[Window, Job]] = {}
+        for flow_id, jobs in list(board.doubt.items()):
+            ready = {w: j for w, j in jobs.items() if j.next_look <= now or not final}
+            for window in ready:
+                del jobs[window]
+            if not jobs:
+                del board.doubt[flow_id]
+            if ready:
+                due[flow_id] = ready
         board.reconciling += 1
         try:
-            for flow_id, jobs in batch.items():
+            for flow_id, jobs in due.items():
                 try:
-                    runs = await self._runs_for(flow_id, jobs)
-                except RetryableError as exc:
-                    for window, job in jobs.items():
-                        board.doubt.setdefault(flow_id, {})[window] = job
-                    log.warning("reconcile_retry", flow=flow_id, error=str(exc))
-                    await control.nap(control.backoff(exc, 1) or self._options.reconcile_delay)
+                    found = await self._list(flow_id, jobs)
+                except (RetryableError, RequestNotSent) as exc:
+                    for job in jobs.values():
+                        self._keep(job, board.clock() + self._options.reconcile_delay)
+                    if isinstance(exc, RequestNotSent):
+                        continue  # stopping: the doubts stay on disk for the next run
+                    try:
+                        retry = self._retries.failed(exc)
+                    except ApiUnavailable as spent:
+                        control.fail(spent)
+                        continue
+                    log.warning("reconcile_retry", flow=flow_id, error=str(exc), retries=retry)
+                    await control.nap(control.backoff(exc, retry))
                     continue
                 except ApiError as exc:
                     control.fail(exc)
                     return
+                self._retries.succeeded()
                 board.stats.reconciliations += 1
                 for job in jobs.values():
-                    await self._settle(job, runs)
+                    job.looks += 1
+                    await self._settle(job, found, final=final)
         finally:
             board.reconciling -= 1
             board.wake.set()
 
-    async def _runs_for(self, flow_id: str, jobs: dict[Window, Job]) -> Found:
-        """The flow's runs that may answer these doubts, by window and by run id."""
+    def _keep(self, job: Job, next_look: float) -> None:
+        job.next_look = next_look
+        self._board.doubt.setdefault(job.window.flow_id, {})[job.window] = job
+
+    async def _list(self, flow_id: str, jobs: dict[Window, Job]) -> Found:
+        """The flow's runs that may answer these doubts: created since the earliest intent."""
         lister = self._lister
-        found: Found = {}
-        new = [job for job in jobs.values() if job.mode is None]
-        retriggered = [job.run_id for job in jobs.values() if job.run_id is not None]
-        if new:
-            since = min(self._since(job.window) for job in new) - self._options.reconcile_margin
-            try:
-                runs = [r async for r in lister.runs(flow_id, created_since_ms=int(since * 1000))]
-            except PermanentError as exc:
-                if isinstance(exc, AuthError):
-                    raise
-                # A service that refuses the createdAt filter still answers the plain listing.
-                log.warning("reconcile_unfiltered", flow=flow_id, error=str(exc))
-                runs = [r async for r in lister.runs(flow_id)]
-            for run in runs:
-                if run.window_start is not None and run.window_end is not None:
-                    found.setdefault((run.window_start, run.window_end), []).append(run)
+        found = Found()
+        since = created_since_ms(
+            min(self._since(job.window) for job in jobs.values()),
+            self._clock_offset(),
+            self._options.reconcile_margin,
+        )
+        try:
+            async for run in lister.runs(flow_id, created_since_ms=since):
+                found.add(run)
+        except PermanentError as exc:
+            if isinstance(exc, AuthError) or since is None:
+                raise
+            # A service that refuses the createdAt filter still answers the plain listing.
+            log.warning("reconcile_unfiltered", flow=flow_id, error=str(exc))
+            found = Found()
+            async for run in lister.runs(flow_id):
+                found.add(run)
+        # A service that re-triggers a run in place (the same id) shows it by id only.
+        retriggered = [j.run_id for j in jobs.values() if j.run_id and j.run_id not in found.by_id]
         size = lister.page_size
         for i in range(0, len(retriggered), size):
             async for run in lister.runs(flow_id, ids=retriggered[i : i + size]):
-                found[run.run_id] = [run]
+                found.by_id[run.run_id] = run
         return found
 
     def _since(self, window: Window) -> float:
         entry = self._board.journal.get(window)
         return entry.since if entry is not None else 0.0
 
-    async def _settle(self, job: Job, runs: Found) -> None:
+    async def _settle(self, job: Job, found: Found, *, final: bool) -> None:
         board = self._board
         journal = board.journal
         window = job.window
         flow = board.flows[window.flow_id]
         entry = journal.get(window)
         known = set(entry.all_runs()) if entry is not None else set()
+        listed = found.by_window.get((window.start, window.end), [])
+        fresh = [
+            run for run in listed if run.run_id not in known and board.owner_ok(run.run_id, window)
+        ]
         if job.mode is RetryMode.RETRIGGER and job.run_id is not None:
-            matches = runs.get(job.run_id, [])
-            took_effect = bool(matches) and matches[0].status is not RunStatus.FAILED
-            adopted = matches[0] if took_effect else None
-        else:
-            matches = [r for r in runs.get((window.start, window.end), []) if r.run_id not in known]
-            if len(matches) > 1:
-                board.stats.duplicates_found += len(matches) - 1
-                log.error(
-                    "duplicate_runs_found",
-                    **window_fields(window),
-                    runs=[r.run_id for r in matches],
-                )
-            adopted = min(matches, key=_adoption_rank) if matches else None
-        if adopted is not None:
-            await journal.record(
-                window, WindowState.SUBMITTED, attempt=job.attempt, run_id=adopted.run_id
+            same = found.by_id.get(job.run_id)
+            if same is not None and same.status is not RunStatus.FAILED:
+                fresh.append(same)  # re-triggered in place: the old id runs again
+        if fresh:
+            await self._adopt(job, fresh, listed, known)
+            return
+        unreadable = [run.run_id for run in found.unreadable if run.run_id not in known]
+        settled = job.looks >= 2 and board.clock() >= job.settle_until
+        if not final or not settled:
+            # Not yet: the listing may still lag. Look again, backing off.
+            interval = max(self._options.reconcile_delay, _MIN_LOOK_INTERVAL) * 2 ** min(
+                job.looks, 5
             )
-            log.info(
-                "run_adopted", **window_fields(window), attempt=job.attempt, run_id=adopted.run_id
+            self._keep(job, board.clock() + min(interval, _MAX_LOOK_INTERVAL))
+            return
+        if unreadable:
+            # Any of these may be this window's run: sending again could ingest it twice.
+            await journal.note(window, candidates=tuple(unreadable))
+            board.stats.left_in_doubt += 1
+            log.error(
+                "window_left_in_doubt",
+                **window_fields(window),
+                runs=unreadable,
+                hint="the service lists runs whose window it does not say; "
+                "look them up, then `backfill run` again",
             )
-            board.stats.adopted += 1
-            if flow.gate is not Gate.OPEN and flow.plan.delta_column is not None:
-                flow.gate = Gate.OPEN
-            board.accepted(flow, window, adopted.run_id)
-            if self._options.monitoring:
-                self._monitor.observe(flow, window, adopted)
+            flow.active -= 1
+            board.wake.set()
             return
         # The service has no run for it: the request never took effect. Send it again.
         before = WindowState.FAILED if entry is not None and entry.run_id else WindowState.PENDING
@@ -163,8 +234,42 @@ class Reconciler:
         flow.retries.append(job)
         board.wake.set()
 
+    async def _adopt(
+        self, job: Job, fresh: list[RunInfo], listed: list[RunInfo], known: set[str]
+    ) -> None:
+        board = self._board
+        journal = board.journal
+        window = job.window
+        flow = board.flows[window.flow_id]
+        adopted = min(fresh, key=adoption_rank)
+        # Every run the service shows for the window counts as an attempt.
+        attempt = max(job.attempt, len(known | {run.run_id for run in fresh}))
+        board.claim(adopted.run_id, window)
+        await journal.record(window, WindowState.SUBMITTED, attempt=attempt, run_id=adopted.run_id)
+        log.info("run_adopted", **window_fields(window), attempt=attempt, run_id=adopted.run_id)
+        board.stats.adopted += 1
+        await board.check_duplicates(window, adopted, [*listed, *fresh])
+        if flow.gate is not Gate.OPEN and flow.plan.delta_column is not None:
+            flow.gate = Gate.OPEN
+        board.accepted(flow, window, adopted.run_id)
+        if self._options.monitoring:
+            self._monitor.observe(flow, window, adopted)
 
-def _adoption_rank(run: RunInfo) -> int:
+
+def created_since_ms(since: float, offset: float | None, margin: float) -> int | None:
+    """The ``createdAt`` lower bound (ms, the service's time) for an intent made at ``since``.
+
+    The intent's time is our wall clock; the service's clock may differ by any amount
+    (``offset``, measured from its ``Date`` headers). The bound is only ever widened: a
+    negative offset (the service behind us) moves it back, a positive one is ignored. None --
+    list without a time filter -- when the offset is unknown or there was no intent time.
+    """
+    if offset is None or since <= 0:
+        return None
+    return max(0, int((since + min(0.0, offset) - margin) * 1000))
+
+
+def adoption_rank(run: RunInfo) -> int:
     """Which of several matching runs to adopt: one that succeeded, then one still going."""
     if run.status is RunStatus.SUCCESS:
         return 0

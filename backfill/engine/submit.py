@@ -1,16 +1,17 @@
 """Submission: one window's request, from its durable intent to its recorded run id.
 
-    journal "submitting" (durable) -> rate permit -> POST /runs (or re-trigger)
-        -> journal "submitted" (durable with the next commit; a crash before it leaves the
-           window in doubt, and reconciliation adopts the run)
+    journal "submitting" (durable) -> POST /runs (or re-trigger; the client takes the rate
+        permit right before the send) -> journal "submitted" (durable with the next commit;
+        a crash before it leaves the window in doubt, and reconciliation adopts the run)
     answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
+    stopped before the permit (RequestNotSent) -> back to where it was: never in doubt
 
-The permit comes last, once the intent is on disk: how long an fsync takes varies, and it must
-not sit between the permit and the send, or requests would reach a sliding-window server
-closer together than the rate.
+The permit comes last, once the intent is on disk and the token in hand: how long an fsync or
+a token renewal takes varies, and it must not sit between the permit and the send, or
+requests would reach a sliding-window server closer together than the rate.
 
 It may touch: the journal (its window's records), the client's create/re-trigger calls, the
-limiter, the board (its flow's slot, the doubts, the accepted run) and the control (errors).
+board (its flow's slot, the doubts, the accepted run) and the control (errors, backoff).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from __future__ import annotations
 import structlog
 
 from backfill.client import CreatedRun, RunsApi
-from backfill.errors import ApiUnavailable, AuthError, PermanentError, RateLimited, RetryableError
-from backfill.limits import RateLimiter
+from backfill.errors import (
+    ApiUnavailable,
+    AuthError,
+    PermanentError,
+    RateLimited,
+    RequestNotSent,
+    RetryableError,
+)
 from backfill.state import WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -39,13 +46,11 @@ class Submitter:
         board: Board,
         control: Control,
         client: RunsApi,
-        limiter: RateLimiter,
         options: EngineOptions,
     ) -> None:
         self._board = board
         self._control = control
         self._client = client
-        self._limiter = limiter
         self._options = options
 
     async def work(self, job: Job) -> None:
@@ -74,14 +79,14 @@ class Submitter:
         )
         retries = throttled = 0
         while True:
-            await self._limiter.acquire()
-            if control.halted:
-                await journal.record(window, before, attempt=job.attempt - 1)
-                board.release(flow)
-                return True
             try:
                 created = await self._send(job)
                 break
+            except RequestNotSent:
+                # Stopped before its permit: never sent, so not in doubt.
+                await journal.record(window, before, attempt=job.attempt - 1)
+                board.release(flow)
+                return True
             except RetryableError as exc:
                 if exc.in_doubt:
                     board.to_doubt(job, exc)
@@ -93,11 +98,11 @@ class Submitter:
                 if retries > self._options.backoff.max_retries or control.stopping:
                     await journal.record(window, before, attempt=job.attempt - 1)
                     if not control.stopping:
-                        control.fail(ApiUnavailable(f"{exc}; gave up after {retries} retries"))
+                        control.fail(ApiUnavailable(f"{exc}; gave up after {retries - 1} retries"))
                     board.release(flow)
                     return True
                 board.stats.request_retries += 1
-                log.debug(
+                (log.debug if isinstance(exc, RateLimited) else log.warning)(
                     "request_retry",
                     **window_fields(window),
                     attempt=job.attempt,
@@ -105,7 +110,11 @@ class Submitter:
                     retries=retries,
                     throttled=throttled,
                 )
-                await control.sleep(control.backoff(exc, retries + throttled))
+                await control.nap(control.backoff(exc, retries + throttled))
+                if control.halted:  # a stop (or a Retry-After too long) came meanwhile
+                    await journal.record(window, before, attempt=job.attempt - 1)
+                    board.release(flow)
+                    return True
             except PermanentError as exc:
                 await journal.record(window, before, attempt=job.attempt - 1)
                 board.release(flow)
@@ -115,6 +124,13 @@ class Submitter:
                 else:
                     control.fail(exc)
                 return True
+        if not board.owner_ok(created.run_id, window):
+            # The answer names another window's run: what this request did is unknown.
+            board.to_doubt(
+                job, RuntimeError(f"answered with run {created.run_id} of another window")
+            )
+            return True
+        board.claim(created.run_id, window)
         # Not waited for: the next commit (the next intent's, or the last one at exit) makes
         # it durable. A crash before then loses it, and the window, whose intent is durable,
         # is in doubt on resume: reconciliation adopts this run from the service's listing.

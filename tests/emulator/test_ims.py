@@ -46,6 +46,24 @@ async def test_an_issued_token_passes_a_strict_gateway(start: Start) -> None:
     assert (await api.call("GET", "/runs", headers=headers)).status == 401
 
 
+async def test_revoked_tokens_are_refused_and_new_ones_pass(start: Start) -> None:
+    api = await start(token_lifetime=86399)
+    _, before = await post_form(api, GOOD)
+    headers = {**HEADERS, "Authorization": f"Bearer {before['access_token']}"}
+    assert (await api.call("GET", "/runs", headers=headers)).status == 200
+
+    revoked = await api.call("POST", api.emulator.url + "/__emulator/revoke-tokens", absolute=True)
+
+    assert revoked.status == 200
+    assert revoked.body == {"revoked": 1}
+    refused = await api.call("GET", "/runs", headers=headers)
+    assert refused.status == 401
+    assert refused.body == {"error_code": "401013", "message": "Oauth token is not valid"}
+    _, after = await post_form(api, GOOD)
+    headers["Authorization"] = f"Bearer {after['access_token']}"
+    assert (await api.call("GET", "/runs", headers=headers)).status == 200
+
+
 @pytest.mark.parametrize("grant", ["", "authorization_code", "password"])
 async def test_other_grants_are_unsupported(api: Api, grant: str) -> None:
     status, body = await post_form(api, {**GOOD, "grant_type": grant})

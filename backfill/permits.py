@@ -1,0 +1,78 @@
+"""The rate permit every request takes right before it is sent, and the stop that wakes waiters.
+
+The client calls ``take`` once it holds everything it needs to send (a valid token, the
+headers): a request that waits for a token renewal does not hold a permit meanwhile, so a
+renewal cannot release a burst of requests that took their permits earlier. The token endpoint
+itself takes none.
+
+A stop must not leave tasks asleep in the limiter until their slot comes (or a long
+``Retry-After`` pause ends): ``close`` wakes every waiter at once with ``RequestNotSent``, and
+``halt`` refuses permits to requests that act (``POST``) while listings still go. The limiter
+is left as it is: a waiter is woken by cancelling the task that sleeps inside ``acquire``,
+which costs nothing per request (no extra task, no extra future).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .errors import RequestNotSent
+from .limits import RateLimiter
+
+__all__ = ["Permits"]
+
+
+class Permits:
+    """Hands out the limiter's permits until the backfill halts or closes."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self.halted = False  # no request that acts may go out (listings still may)
+        self.closed = False  # no request at all may go out
+        self._waiting: dict[asyncio.Task[object], bool] = {}  # waiter -> its request acts
+        self._woken: set[asyncio.Task[object]] = set()
+
+    async def take(self, what: str, *, acts: bool) -> None:
+        """Wait for the permit of the request ``what``; raise ``RequestNotSent`` on a stop."""
+        self._check(what, acts=acts)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always called from a task
+            await self.limiter.acquire()
+            return
+        self._waiting[task] = acts
+        try:
+            await self.limiter.acquire()
+        except asyncio.CancelledError:
+            if task not in self._woken:
+                raise
+            # Our own wake-up, not a cancellation from outside: undo it and say why.
+            self._woken.discard(task)
+            task.uncancel()
+            raise RequestNotSent(what) from None
+        finally:
+            self._waiting.pop(task, None)
+        if task in self._woken:  # woken just as the permit came: the stop still wins
+            self._woken.discard(task)
+            task.uncancel()
+            raise RequestNotSent(what)
+        self._check(what, acts=acts)
+
+    def _check(self, what: str, *, acts: bool) -> None:
+        if self.closed or (acts and self.halted):
+            raise RequestNotSent(what)
+
+    def halt(self) -> None:
+        """Requests that act (``POST``) get no permit from now on; waiting ones wake."""
+        self.halted = True
+        self._wake(acting_only=True)
+
+    def close(self) -> None:
+        """No request gets a permit from now on; every waiter wakes at once."""
+        self.halted = self.closed = True
+        self._wake(acting_only=False)
+
+    def _wake(self, *, acting_only: bool) -> None:
+        for task, acts in list(self._waiting.items()):
+            if (acts or not acting_only) and task not in self._woken:
+                self._woken.add(task)
+                task.cancel()

@@ -1,0 +1,196 @@
+"""What a run is about to do, counted before it does it: the start line and ``run --dry-run``.
+
+Pure: it reads the plan and the checkpoint's entries (never writes) and applies the same rules
+as the engine's dispatcher, so its counts are what the run then sends:
+
+- a window with no record (or back to pending) gets a new run;
+- a failed window gets another attempt while it has attempts left (``retry``: always,
+  with a fresh ``--max-attempts``), by re-trigger or by a new run (``--retry-mode``);
+- a window left ``submitting`` (answer lost) is looked up at the service before anything
+  is sent again: it may or may not need a run;
+- every other window (submitted, running, succeeded, or failed with no attempt left) is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import RetryMode
+from .journal import Journal
+from .planner import FlowPlan, Order, Window, format_time
+from .state import WindowState
+
+__all__ = ["FlowPreview", "Preview", "preview"]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPreview:
+    """One flow's windows: planned, done, and what this run will send."""
+
+    flow_id: str
+    planned: int
+    done: int
+    answer_lost: int
+    new_runs: int
+    retriggers: int
+    first: Window | None
+    last: Window | None
+    delta_column: str | None
+    flow_has_run: bool
+    owns_first: bool = True  # this shard owns the flow's first window (sends the column)
+
+    @property
+    def to_send(self) -> int:
+        """Requests this run will send (besides the lookups of lost answers)."""
+        return self.new_runs + self.retriggers
+
+    @property
+    def sends_delta_column(self) -> bool:
+        """The delta column goes with the flow's first run only."""
+        return (
+            self.delta_column is not None
+            and not self.flow_has_run
+            and self.owns_first
+            and self.new_runs > 0
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flow_id": self.flow_id,
+            "planned": self.planned,
+            "done": self.done,
+            "answer_lost": self.answer_lost,
+            "to_send": self.to_send,
+            "new_runs": self.new_runs,
+            "retriggers": self.retriggers,
+            "first": _window(self.first),
+            "last": _window(self.last),
+            "delta_column": self.delta_column,
+            "sends_delta_column": self.sends_delta_column,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """Every flow's preview."""
+
+    flows: tuple[FlowPreview, ...]
+
+    @property
+    def new_runs(self) -> int:
+        return sum(f.new_runs for f in self.flows)
+
+    @property
+    def to_send(self) -> int:
+        return sum(f.to_send for f in self.flows)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "planned": sum(f.planned for f in self.flows),
+            "done": sum(f.done for f in self.flows),
+            "answer_lost": sum(f.answer_lost for f in self.flows),
+            "to_send": self.to_send,
+            "new_runs": self.new_runs,
+            "retriggers": sum(f.retriggers for f in self.flows),
+        }
+
+
+def preview(
+    journal: Journal,
+    *,
+    order: Order,
+    max_attempts: int,
+    retry_failed: bool,
+    retry_mode: RetryMode,
+    flows_with_runs: Mapping[str, bool] | None = None,
+) -> Preview:
+    """What a run with these options would send, flow by flow, in the order it sends them.
+
+    ``flows_with_runs``: what the service said of each flow (has it any run yet?); without
+    it, only the checkpoint is asked.
+    """
+    shard = journal.plan.shard
+    return Preview(
+        tuple(
+            _flow_preview(
+                journal,
+                flow,
+                flow.windows(order, shard),
+                order=order,
+                max_attempts=max_attempts,
+                retry_failed=retry_failed,
+                retry_mode=retry_mode,
+                service_has_run=(flows_with_runs or {}).get(flow.flow_id, False),
+            )
+            for flow in journal.plan.flows
+        )
+    )
+
+
+def _flow_preview(
+    journal: Journal,
+    flow: FlowPlan,
+    windows: Any,
+    *,
+    order: Order,
+    max_attempts: int,
+    retry_failed: bool,
+    retry_mode: RetryMode,
+    service_has_run: bool,
+) -> FlowPreview:
+    planned = done = lost = new = retriggers = 0
+    first: Window | None = None
+    last: Window | None = None
+    has_run = service_has_run
+    for window in windows:
+        planned += 1
+        entry = journal.get(window)
+        if entry is not None and entry.run_id is not None:
+            has_run = True
+        if entry is None or entry.state is WindowState.PENDING:
+            new += 1
+        elif entry.state is WindowState.FAILED and (retry_failed or entry.attempt < max_attempts):
+            if retry_mode is RetryMode.RETRIGGER and entry.run_id is not None:
+                retriggers += 1
+            else:
+                new += 1
+        elif entry.state is WindowState.SUBMITTING:
+            lost += 1
+            continue
+        else:
+            done += 1
+            continue
+        if first is None:
+            first = window
+        last = window
+    shard = journal.plan.shard
+    first_of_flow = next(flow.windows(order), None)
+    owns_first = first_of_flow is None or (
+        flow.owner(first_of_flow.start, shard.count) == shard.index
+    )
+    return FlowPreview(
+        flow_id=flow.flow_id,
+        planned=planned,
+        done=done,
+        answer_lost=lost,
+        new_runs=new,
+        retriggers=retriggers,
+        first=first,
+        last=last,
+        delta_column=flow.delta_column,
+        flow_has_run=has_run,
+        owns_first=owns_first,
+    )
+
+
+def _window(window: Window | None) -> dict[str, Any] | None:
+    if window is None:
+        return None
+    return {
+        "start": window.start,
+        "end": window.end,
+        "start_time": format_time(window.start),
+        "end_time": format_time(window.end),
+    }
