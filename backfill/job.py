@@ -556,7 +556,7 @@ def _print_status(
         out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
     for flow in plan.flows:
         out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-    sending = [w for w, e in journal.items() if e.state is WindowState.SUBMITTING]
+    sending = [w for w, _ in journal.items({WindowState.SUBMITTING})]
     label = LABELS[WindowState.SUBMITTING]
     if held is not None:
         # The holder is sending these now (or waits for its turn under the rate): not lost.
@@ -571,7 +571,7 @@ def _print_status(
             )
         if len(sending) > 20:
             out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost or never sent\n")
-    for window, entry in journal.items():
+    for window, entry in journal.items(noted=True):
         if entry.candidates:
             out.write(
                 f"  {label}, kept: {window.flow_id} {format_time(window.start)}: the service "
@@ -583,7 +583,7 @@ def _print_status(
             f"  duplicate: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
             f"and live run(s) {', '.join(entry.duplicates)} at the service\n"
         )
-    failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
+    failed = list(journal.items({WindowState.FAILED}))
     for window, entry in failed[:20]:
         reason = _reason(entry.errors)
         what = (

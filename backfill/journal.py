@@ -473,19 +473,25 @@ class Journal:
         return len(self._index.windows)
 
     def items(
-        self, states: Collection[WindowState] | None = None
+        self, states: Collection[WindowState] | None = None, *, noted: bool = False
     ) -> Iterator[tuple[Window, Entry]]:
-        """Every recorded window (in one of ``states``) with its entry; unplanned are skipped.
+        """Every recorded window (in one of ``states``; with ``noted``, only those with a note)
+        with its entry; windows no longer planned are skipped.
 
-        With ``states``, a window in another state costs a dict read, not a window and an
-        entry: a resume of a million finished windows looks only at the few still open.
+        A window filtered out costs a dict read, not a window and an entry: ``status`` of a
+        million finished windows builds entries only for the few it shows.
         """
         wanted = None if states is None else {_STATE_AT[state] for state in states}
         index = self._index
         flows = self.plan.flows
         mask = (1 << _SHIFT) - 1
+        duplicates, candidates = index.duplicates, index.candidates
+        if noted and not duplicates and not candidates:
+            return
         for key, value in index.windows.items():
             if wanted is not None and _state_of(value) not in wanted:
+                continue
+            if noted and key not in duplicates and key not in candidates:
                 continue
             window = flows[key >> _SHIFT].window_at(key & mask)
             entry = index.entry(key)

@@ -206,7 +206,7 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
 
 def duplicate_windows(journal: Journal) -> list[tuple[Window, Entry]]:
     """Windows for which the service holds more than one live run."""
-    return [(window, entry) for window, entry in journal.items() if entry.duplicates]
+    return [(window, entry) for window, entry in journal.items(noted=True) if entry.duplicates]
 
 
 def write_report(path: Path, journal: Journal, totals: dict[str, Any]) -> None:

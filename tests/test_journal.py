@@ -1202,3 +1202,15 @@ async def test_items_of_some_states_only(path: Path) -> None:
     assert {w for w, _ in journal.items()} == {window(1), window(2), window(3)}
     assert journal.has_run(FLOW)
     await journal.close()
+
+
+async def test_items_with_a_note_only(path: Path) -> None:
+    journal = Journal.open(path, make_plan())
+    for i in range(3):
+        await journal.record(window(i), S.SUBMITTING, attempt=1)
+    await journal.note(window(1), candidates=("r-9",))
+
+    assert [(w, e.candidates) for w, e in journal.items(noted=True)] == [(window(1), ("r-9",))]
+    await journal.record(window(1), S.SUBMITTED, attempt=1, run_id="r-1")  # a move settles it
+    assert list(journal.items(noted=True)) == []
+    await journal.close()
