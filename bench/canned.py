@@ -6,7 +6,8 @@ The emulator keeps every run (a million of them would take gigabytes); this serv
 count. Each ``POST .../runs`` gets a fresh run id in the "items" shape of the API reference
 (``{"items": [{"id": ..., "etag": ...}]}``, as the emulator's ``--response-shape items``
 answers; AdobeDocs/experience-platform-apis, flow-service.yaml, ``POST /runs``). ``GET
-/__stats`` gives ``{"created": N}``. Nothing is checked: it measures the client, not itself.
+/__stats`` gives ``{"created": N}``; ``GET /runs`` is an empty page. Nothing is checked: it
+measures the client, not itself.
 """
 
 from __future__ import annotations
@@ -38,11 +39,16 @@ def app() -> web.Application:
         body = orjson.dumps({"items": [{"id": run_id, "etag": '"1"'}]})
         return web.Response(status=201, body=body, content_type="application/json")
 
+    async def listing(request: web.Request) -> web.Response:
+        # An empty page: backfill lists a flow's runs once before it sends (nothing to adopt).
+        return web.Response(body=b'{"items": [], "_links": {}}', content_type="application/json")
+
     async def stats(request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(created), content_type="application/json")
 
     application = web.Application()
     application.router.add_post(BASE_PATH + "/runs", create)
+    application.router.add_get(BASE_PATH + "/runs", listing)
     application.router.add_get("/__stats", stats)
     return application
 
