@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
 import orjson
 from pydantic import SecretStr
 
 from .errors import AuthError, ConfigError, RetryableError, TransportError
 from .limits import Clock, monotonic
+
+if TYPE_CHECKING:
+    import aiohttp  # imported by the first request: plan and --help never load it
 
 __all__ = ["DEFAULT_SCOPES", "ClientCredentials", "StaticToken", "TokenProvider"]
 
@@ -116,6 +118,8 @@ class ClientCredentials:
             "client_secret": self._secret.get_secret_value(),
             "scope": self._scopes,
         }
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
         started = self._clock()
         what = "POST /ims/token/v3"
         try:

@@ -26,6 +26,9 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__
+from .logs import configure, scrubber  # first: it loads structlog without rich (see logs.py)
+
+# isort: split
 from .engine import OnFailure, RetryMode
 from .errors import BackfillError, ConfigError, ExitCode
 from .job import (
@@ -36,7 +39,6 @@ from .job import (
     run_command,
     status_command,
 )
-from .logs import configure, scrubber
 from .planner import Order
 from .settings import Settings, did_you_mean, load_settings, requested_log_format
 

@@ -20,9 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -38,6 +37,9 @@ from .errors import (
     TransportError,
 )
 from .state import RunStatus
+
+if TYPE_CHECKING:
+    import aiohttp  # imported by the first request: plan and --help never load it
 
 __all__ = [
     "ApiIdentity",
@@ -297,6 +299,8 @@ class FlowServiceClient:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
         try:
             async with self._session.request(method, url, data=body, headers=headers) as response:
                 raw = await response.read()
@@ -320,6 +324,8 @@ class FlowServiceClient:
 
     def _unreachable(self, what: str, exc: aiohttp.ClientConnectorError) -> None:
         """Before the service ever answered: tell a wrong URL from an outage, or raise."""
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
         base = str(self._base)
         if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
             plain = self._base.with_scheme("http")

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 import structlog
 
@@ -49,6 +48,8 @@ from .settings import Settings
 from .state import LABELS, WindowState
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .metrics import Metrics
 
 __all__ = ["dry_run_command", "plan_command", "run_command", "status_command"]
@@ -580,7 +581,7 @@ def _print_status(
         out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
     for flow in plan.flows:
         out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-    sending = [w for w, e in journal.items() if e.state is WindowState.SUBMITTING]
+    sending = [w for w, _ in journal.items({WindowState.SUBMITTING})]
     label = LABELS[WindowState.SUBMITTING]
     if held is not None:
         # The holder is sending these now (or waits for its turn under the rate): not lost.
@@ -595,7 +596,7 @@ def _print_status(
             )
         if len(sending) > 20:
             out.write(f"  ... and {len(sending) - 20:,} more {label}, answer lost or never sent\n")
-    for window, entry in journal.items():
+    for window, entry in journal.items(noted=True):
         if entry.candidates:
             out.write(
                 f"  {label}, kept: {window.flow_id} {format_time(window.start)}: the service "
@@ -607,7 +608,7 @@ def _print_status(
             f"  duplicate: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
             f"and live run(s) {', '.join(entry.duplicates)} at the service\n"
         )
-    failed = [(w, e) for w, e in journal.items() if e.state is WindowState.FAILED]
+    failed = list(journal.items({WindowState.FAILED}))
     for window, entry in failed[:20]:
         reason = _reason(entry.errors)
         what = (
@@ -686,6 +687,8 @@ def _glob(pattern: Path) -> list[Path]:
 
 @contextlib.asynccontextmanager
 async def _session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    import aiohttp  # noqa: PLC0415 - only a run needs HTTP: plan and --help start faster
+
     connector = aiohttp.TCPConnector(limit=settings.concurrency + 8, ttl_dns_cache=300)
     # One deadline per request rather than aiohttp's per-read timer (sock_read), which is
     # rescheduled on every chunk received: measurably cheaper at thousands of requests a second.

@@ -12,9 +12,11 @@ File format, one JSON object per line:
 ``f`` indexes the plan's flows (an extension only appends flows, so indexes are stable) and
 ``s`` is the window's start; ``n`` on a failure says whether the window has an attempt left
 (1: it waits for its next attempt; 0: failed for good). Every record is applied to the
-in-memory index at once and written by a single flusher: workers that wait for durability
-share one ``fsync`` (group commit). A torn last line is dropped; a bad line anywhere else
-stops everything and the file is left exactly as it was. Compaction rewrites it
+in-memory index at once and written, in order, by one writer thread: ``record`` returns once
+it is durable, and every task waiting at that moment shares one ``fsync`` (group commit);
+``record_nowait`` returns at once, and the record is durable with the next commit. A torn
+last line is dropped; a bad line anywhere else stops everything and the file is left exactly
+as it was. Compaction rewrites it
 atomically. Secrets never enter it.
 """
 
@@ -25,9 +27,12 @@ import contextlib
 import fcntl
 import gc
 import os
+import queue
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,7 +48,7 @@ from .errors import (
     PlanMismatch,
 )
 from .planner import Plan, Window
-from .state import BY_VALUE, MOVES, IllegalTransition, WindowState, check_transition
+from .state import MOVES, IllegalTransition, WindowState, check_transition
 
 __all__ = ["Entry", "Holder", "Journal", "Replay", "holder"]
 
@@ -59,7 +64,7 @@ log = structlog.get_logger("backfill.journal")
 
 
 class Entry:
-    """What the journal knows of one window; absent from the index means pending."""
+    """What the journal knows of one window, as handed out (a copy; the index stores less)."""
 
     __slots__ = (
         "attempt",
@@ -80,8 +85,8 @@ class Entry:
         self.run_id: str | None = None
         self.old_runs: tuple[str, ...] = ()  # earlier attempts' runs (new-run retries)
         self.errors: list[dict[str, str]] | None = None
-        self.since = 0.0  # wall time of the latest intent: bounds the reconciliation search
-        self.retrigger = False  # the latest intent re-triggers run_id rather than creating one
+        self.since = 0.0  # wall time of the pending intent: bounds the reconciliation search
+        self.retrigger = False  # the pending intent re-triggers run_id rather than creating one
         self.retrying = False  # failed, with an attempt left when it was recorded
         # Other live runs the service holds for this window: a duplicate, never silent.
         self.duplicates: tuple[str, ...] = ()
@@ -95,6 +100,154 @@ class Entry:
 
     def all_runs(self) -> tuple[str, ...]:
         return (*self.old_runs, self.run_id) if self.run_id else self.old_runs
+
+
+# A window is one value in one dict, by key ``flow << 33 | start``: its state, attempt and
+# flags packed in an int, `attempt << 5 | retrying << 4 | re-trigger << 3 | state`; once it
+# has a run, its
+# run id's UTF-8 bytes followed by that int in 8 bytes (big-endian: the state is in the last
+# byte). Ints and bytes are all the index holds for the common case, so its dicts are untracked
+# by the cyclic garbage collector (a million windows cost it nothing), and a window costs one
+# dict slot, its key and one small object: about 160 bytes with a run id of 36 characters.
+_STATES = tuple(WindowState)
+_STATE_AT = {state: i for i, state in enumerate(_STATES)}
+_INDEX_OF = {state.value: i for i, state in enumerate(_STATES)}
+_SUBMITTING = _STATE_AT[WindowState.SUBMITTING]
+_FAILED = _STATE_AT[WindowState.FAILED]
+_STATE_BITS = 7
+_RETRIGGER = 8
+_RETRYING = 16
+_ATTEMPT_SHIFT = 5
+_WORD = 8  # bytes of the packed int after a run id
+_LEGAL = frozenset(
+    (_STATE_AT[old] << 3) | _STATE_AT[new] for old, targets in MOVES.items() for new in targets
+)
+if _STATE_AT[WindowState.PENDING] != 0:  # pragma: no cover - a layout fact, checked on import
+    raise RuntimeError("an absent window (packed 0) must read as pending")
+
+Value = int | bytes
+
+
+def _word(value: Value) -> int:
+    """The packed state, attempt and flag of a value."""
+    return value if isinstance(value, int) else int.from_bytes(value[-_WORD:])
+
+
+def _state_of(value: Value) -> int:
+    """The state's position alone: the low bits of the int, or of the last byte."""
+    return (value if isinstance(value, int) else value[-1]) & _STATE_BITS
+
+
+class _Index:
+    """Every recorded window, in flat dicts of plain values (see above)."""
+
+    __slots__ = (
+        "candidates",
+        "duplicates",
+        "errors",
+        "old_runs",
+        "run_flows",
+        "since",
+        "suffixes",
+        "windows",
+    )
+
+    def __init__(self) -> None:
+        self.windows: dict[int, Value] = {}
+        self.since: dict[int, float] = {}  # windows in SUBMITTING: when the intent was made
+        self.errors: dict[int, list[dict[str, str]]] = {}  # FAILED windows' run errors
+        self.old_runs: dict[int, tuple[str, ...]] = {}  # earlier runs (new-run retries)
+        self.run_flows: set[int] = set()  # flows with at least one run
+        self.suffixes: dict[int, bytes] = {}  # packed int -> its 8 bytes (a handful in use)
+        self.duplicates: dict[int, tuple[str, ...]] = {}  # notes: other live runs (rare)
+        self.candidates: dict[int, tuple[str, ...]] = {}  # notes: runs that may be its (rare)
+
+    def suffix(self, word: int) -> bytes:
+        known = self.suffixes.get(word)
+        if known is None:
+            known = self.suffixes[word] = word.to_bytes(_WORD)
+        return known
+
+    def apply(self, key: int, record: dict[str, Any], new: int) -> None:
+        """One record's effect (``new`` is the state's position; the move was checked)."""
+        get = record.get
+        value = self.windows.get(key, 0)
+        attempt = get("a")
+        if attempt is None:
+            attempt = _word(value) >> _ATTEMPT_SHIFT
+        if attempt >= 1 << 59:
+            raise ValueError(f"attempt {attempt} is not a number of attempts")
+        word = (attempt << _ATTEMPT_SHIFT) | new
+        retrying = get("n")
+        if retrying is None:
+            word |= _word(value) & _RETRYING
+        elif retrying:
+            word |= _RETRYING
+        if self.candidates:  # a move settles the doubt they kept open
+            self.candidates.pop(key, None)
+        if new == _SUBMITTING:
+            since = get("ts")
+            if since is not None:
+                self.since[key] = since
+            if get("m") == "re-trigger":
+                word |= _RETRIGGER
+        elif self.since:
+            self.since.pop(key, None)
+        errors = get("err")
+        if errors is not None:
+            self.errors[key] = errors
+        elif new != _FAILED and self.errors:
+            self.errors.pop(key, None)
+        old = get("old")  # snapshots only
+        if old is not None:
+            self.old_runs[key] = tuple(old)
+        run = value[:-_WORD] if isinstance(value, bytes) else None
+        run_id = get("id")
+        if run_id is not None:
+            given = run_id.encode()
+            if run is not None and run != given:
+                self.old_runs[key] = (*self.old_runs.get(key, ()), run.decode())
+            elif run is None:
+                self.run_flows.add(key >> _SHIFT)
+            run = given
+        self.windows[key] = word if run is None else run + self.suffix(word)
+
+    def note(self, key: int, record: dict[str, Any]) -> None:
+        """A note's effect: what the service showed of the window, beside its state."""
+        duplicates = record.get("dup")
+        if duplicates is not None:
+            self.duplicates[key] = tuple(duplicates)
+        candidates = record.get("cand")
+        if candidates is not None:
+            self.candidates[key] = tuple(candidates)
+
+    def entry(self, key: int) -> Entry | None:
+        value = self.windows.get(key)
+        if value is None:
+            return None
+        word = _word(value)
+        entry = Entry()
+        entry.state = _STATES[word & _STATE_BITS]
+        entry.attempt = word >> _ATTEMPT_SHIFT
+        entry.retrigger = bool(word & _RETRIGGER)
+        entry.retrying = bool(word & _RETRYING)
+        if self.duplicates:
+            entry.duplicates = self.duplicates.get(key, ())
+        if self.candidates:
+            entry.candidates = self.candidates.get(key, ())
+        if isinstance(value, bytes):
+            entry.run_id = value[:-_WORD].decode()
+        if self.old_runs:
+            entry.old_runs = self.old_runs.get(key, ())
+        if self.errors:
+            entry.errors = self.errors.get(key)
+        if self.since:
+            entry.since = self.since.get(key, 0.0)
+        return entry
+
+    def counts(self) -> dict[WindowState, int]:
+        found = Counter(map(_state_of, self.windows.values()))
+        return {state: found.get(i, 0) for i, state in enumerate(_STATES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +287,14 @@ class Journal:
         self._group_commit = group_commit
         self._durable = durable
         self._wall = wall
-        self._index: dict[int, Entry] = {}
+        self._index = _Index()
         self._counts = dict.fromkeys(WindowState, 0)  # recorded windows by state
         self._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._scheduled = False  # a flush is due on the loop (call_soon)
+        self._writing = False  # a batch is with the writer thread
+        self._writer: _Writer | None = None
         self._failure: CheckpointWriteError | None = None
         self.records = 0
         self.syncs = 0
@@ -263,13 +418,12 @@ class Journal:
             wall=wall,
         )
         journal._index = scan.index
-        for entry in scan.index.values():
-            journal._counts[entry.state] += 1
+        journal._counts = scan.index.counts()
         compacted = False
         if not readonly:
             if extended:
                 journal._write_now(_plan_record(plan, "plan"))
-            if scan.lines > _COMPACT_RATIO * len(scan.index) + _COMPACT_SLACK:
+            if scan.lines > _COMPACT_RATIO * len(scan.index.windows) + _COMPACT_SLACK:
                 journal._compact()
                 compacted = True
         journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
@@ -307,28 +461,65 @@ class Journal:
     # ---------------------------------------------------------------- reading
 
     def get(self, window: Window) -> Entry | None:
-        return self._index.get(_key(self._flow_index[window.flow_id], window.start))
+        """What is recorded of the window (a copy), or None: it is pending."""
+        return self._index.entry(_key(self._flow_index[window.flow_id], window.start))
 
     def state(self, window: Window) -> WindowState:
-        entry = self.get(window)
-        return entry.state if entry is not None else WindowState.PENDING
+        value = self._index.windows.get(_key(self._flow_index[window.flow_id], window.start), 0)
+        return _STATES[_state_of(value)]
 
     def __len__(self) -> int:
         """Windows the journal has a record of (every other planned window is pending)."""
-        return len(self._index)
+        return len(self._index.windows)
 
-    def items(self) -> Iterator[tuple[Window, Entry]]:
-        """Every recorded window with its entry (windows no longer planned are skipped)."""
-        for key, entry in self._index.items():
-            flow = self.plan.flows[key >> _SHIFT]
-            window = flow.window_at(key & ((1 << _SHIFT) - 1))
-            if window is not None:
+    def items(
+        self, states: Collection[WindowState] | None = None, *, noted: bool = False
+    ) -> Iterator[tuple[Window, Entry]]:
+        """Every recorded window (in one of ``states``; with ``noted``, only those with a note)
+        with its entry; windows no longer planned are skipped.
+
+        A window filtered out costs a dict read, not a window and an entry: ``status`` of a
+        million finished windows builds entries only for the few it shows.
+        """
+        wanted = None if states is None else {_STATE_AT[state] for state in states}
+        index = self._index
+        flows = self.plan.flows
+        mask = (1 << _SHIFT) - 1
+        duplicates, candidates = index.duplicates, index.candidates
+        if noted and not duplicates and not candidates:
+            return
+        for key, value in index.windows.items():
+            if wanted is not None and _state_of(value) not in wanted:
+                continue
+            if noted and key not in duplicates and key not in candidates:
+                continue
+            window = flows[key >> _SHIFT].window_at(key & mask)
+            entry = index.entry(key)
+            if window is not None and entry is not None:
                 yield window, entry
+
+    def unfinished(self, windows: Iterable[Window]) -> Iterator[Window]:
+        """Those of ``windows`` that are pending or failed: the only ones a run may send.
+
+        A resume walks every planned window; this skips the finished ones at the cost of one
+        dict read each, without building an entry or a state.
+        """
+        get = self._index.windows.get
+        flow_index = self._flow_index
+        for window in windows:
+            value = get((flow_index[window.flow_id] << _SHIFT) | window.start, 0)
+            bits = (value if isinstance(value, int) else value[-1]) & _STATE_BITS
+            if bits in (0, _FAILED):  # pending (0) or failed
+                yield window
+
+    def has_run(self, flow_id: str) -> bool:
+        """Whether any window of the flow has a run (its delta column is then set)."""
+        return self._flow_index[flow_id] in self._index.run_flows
 
     def counts(self) -> dict[WindowState, int]:
         """Windows of this checkpoint's plan in each state (kept up to date, not counted)."""
         counts = dict(self._counts)
-        counts[WindowState.PENDING] += self._planned - len(self._index)
+        counts[WindowState.PENDING] += self._planned - len(self._index.windows)
         return counts
 
     # ---------------------------------------------------------------- writing
@@ -381,15 +572,15 @@ class Journal:
         if self._fd is None:
             raise RuntimeError("the checkpoint is open read-only or closed")
         flow = self._flow_index[window.flow_id]
-        entry = self._index.get(_key(flow, window.start))
-        if entry is None:
+        key = _key(flow, window.start)
+        if key not in self._index.windows:
             raise RuntimeError("a note needs a window the checkpoint has a record of")
         record: dict[str, Any] = {"t": "note", "f": flow, "s": window.start}
         if duplicates is not None:
             record["dup"] = list(duplicates)
         if candidates is not None:
             record["cand"] = list(candidates)
-        _note(entry, record)
+        self._index.note(key, record)
         self._buffer.append(orjson.dumps(record) + b"\n")
         self.records += 1
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -401,7 +592,7 @@ class Journal:
         """Make every record so far durable."""
         if self._failure is not None:
             raise self._failure
-        if not self._buffer and self._flusher is None:
+        if not self._buffer and not self._writing and not self._scheduled:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -417,6 +608,9 @@ class Journal:
             self._release()
 
     def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -445,12 +639,12 @@ class Journal:
             raise RuntimeError("the checkpoint is open read-only or closed")
         flow = self._flow_index[window.flow_id]
         key = _key(flow, window.start)
-        entry = self._index.get(key)
-        check_transition(entry.state if entry is not None else WindowState.PENDING, state)
-        if entry is None:
-            entry = self._index[key] = Entry()
+        value = self._index.windows.get(key)
+        before = _STATES[_state_of(value)] if value is not None else WindowState.PENDING
+        check_transition(before, state)
+        if value is None:
             self._counts[WindowState.PENDING] += 1
-        self._counts[entry.state] -= 1
+        self._counts[before] -= 1
         self._counts[state] += 1
         record: dict[str, Any] = {"t": "w", "f": flow, "s": window.start, "st": state.value}
         if attempt is not None:
@@ -465,7 +659,7 @@ class Journal:
             record["ts"] = round(self._wall(), 3)
             if mode:
                 record["m"] = mode
-        _apply(entry, record, state)
+        self._index.apply(key, record, _STATE_AT[state])
         self._buffer.append(orjson.dumps(record) + b"\n")
         self.records += 1
         waiter: asyncio.Future[None] | None = None
@@ -476,41 +670,62 @@ class Journal:
         return waiter
 
     def _kick(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if not self._scheduled and not self._writing:
+            self._scheduled = True
+            # After every callback ready now: each task that is ready adds its record first,
+            # and one write and one fsync serve them all.
+            asyncio.get_running_loop().call_soon(self._start)
 
-    async def _flush(self) -> None:
+    def _start(self) -> None:
+        """Hand what is buffered to the writer thread; its waiters wake once it is on disk.
+
+        Per commit the event loop wakes once (the writer's ``call_soon_threadsafe``); there
+        is no flusher task, no executor future and no extra turn of the loop in between.
+        """
+        self._scheduled = False
+        if self._writing or self._failure is not None:
+            return
+        if self._group_commit:
+            lines, self._buffer = self._buffer, []
+            waiters, self._waiters = self._waiters, []
+        else:  # one fsync per record: only for the benchmark's comparison
+            lines, self._buffer = self._buffer[:1], self._buffer[1:]
+            waiters, self._waiters = self._waiters[:1], self._waiters[1:]
+        if not lines:  # a commit with nothing new: what it waited for is on disk
+            self._wake(waiters)
+            if self._buffer or self._waiters:
+                self._kick()
+            return
         loop = asyncio.get_running_loop()
-        try:
-            while self._buffer or self._waiters:
-                # Let every task that is ready add its record first: one write and one fsync
-                # for all of them, rather than one thread hand-off for the first alone.
-                await asyncio.sleep(0)
-                if self._group_commit:
-                    lines, self._buffer = self._buffer, []
-                    waiters, self._waiters = self._waiters, []
-                else:  # one fsync per record: only for the benchmark's comparison
-                    lines, self._buffer = self._buffer[:1], self._buffer[1:]
-                    waiters, self._waiters = self._waiters[:1], self._waiters[1:]
-                try:
-                    if lines:
-                        await loop.run_in_executor(None, self._write_sync, b"".join(lines))
-                except OSError as exc:
-                    self._failure = CheckpointWriteError(str(self.path), exc)
-                    log.error(  # noqa: TRY400 - the error is reported, not a traceback
-                        "checkpoint_write_failed", path=str(self.path), error=str(exc)
-                    )
-                    for waiter in (*waiters, *self._waiters):
-                        if not waiter.done():
-                            waiter.set_exception(self._failure)
-                    self._waiters = []
-                    self._buffer = []
-                    return
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-        finally:
-            self._flusher = None
+        if self._writer is None:
+            self._writer = _Writer(self._write_sync)
+        self._writing = True
+
+        def written(error: OSError | None) -> None:  # in the writer thread
+            loop.call_soon_threadsafe(self._written, waiters, error)
+
+        self._writer.submit(b"".join(lines), written)
+
+    def _written(self, waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
+        self._writing = False
+        if error is not None:
+            self._failure = CheckpointWriteError(str(self.path), error)
+            log.error("checkpoint_write_failed", path=str(self.path), error=str(error))
+            for waiter in (*waiters, *self._waiters):
+                if not waiter.done():
+                    waiter.set_exception(self._failure)
+            self._waiters = []
+            self._buffer = []
+            return
+        self._wake(waiters)
+        if self._buffer or self._waiters:
+            self._start()  # what came in during the write goes at once
+
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future[None]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _write_sync(self, data: bytes) -> None:
         fd = self._fd
@@ -541,8 +756,11 @@ class Journal:
             with open(tmp, "wb") as out:
                 os.fchmod(out.fileno(), 0o600)
                 out.write(orjson.dumps(header) + b"\n")
-                for key, entry in self._index.items():
-                    out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
+                index = self._index
+                for key in index.windows:
+                    entry = index.entry(key)
+                    if entry is not None:
+                        out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
@@ -554,7 +772,38 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = _open_append(self.path)
-        log.info("checkpoint_compacted", path=str(self.path), windows=len(self._index))
+        log.info("checkpoint_compacted", path=str(self.path), windows=len(self))
+
+
+class _Writer:
+    """One thread that writes and fsyncs batches, so the event loop never waits on the disk."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._queue: queue.SimpleQueue[tuple[bytes, Callable[[OSError | None], None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="backfill-journal", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes, done: Callable[[OSError | None], None]) -> None:
+        self._queue.put((data, done))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            data, done = item
+            error: OSError | None = None
+            try:
+                self._write(data)
+            except OSError as exc:
+                error = exc
+            try:
+                done(error)
+            except RuntimeError:  # the event loop is closed: nobody waits any more
+                return
 
 
 class _Scan:
@@ -563,7 +812,7 @@ class _Scan:
     def __init__(self) -> None:
         self.header: dict[str, Any] | None = None
         self.plan: Plan
-        self.index: dict[int, Entry] = {}
+        self.index = _Index()
         self.lines = 0
         self.good_bytes = 0
         self.torn_bytes = 0
@@ -575,16 +824,15 @@ class _Scan:
             handle = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise CheckpointCorrupt(str(path), None, f"cannot be read ({exc.strerror})") from exc
-        # Millions of small objects are made and none is garbage: the cyclic collector would
-        # only rescan them over and over, now and at every later full collection. So it is off
-        # during the scan, and what the scan made is frozen out of its sight afterwards.
+        # Millions of records are parsed into dicts that die young: the cyclic collector would
+        # run every few hundred of them for nothing (what the index keeps, ints and bytes in
+        # flat dicts, is never tracked). So it is off during the scan.
         collecting = gc.isenabled()
         gc.disable()
         try:
             with handle:
                 scan._read(handle, path)
         finally:
-            gc.freeze()
             if collecting:
                 gc.enable()
         return scan
@@ -629,8 +877,15 @@ class _Scan:
     def _replay(self, records: list[Any], before: int, path: Path) -> None:
         """Apply a chunk of records; ``before`` lines of the file precede it."""
         index = self.index
-        moves = MOVES
-        states = BY_VALUE
+        windows = index.windows
+        run_flows = index.run_flows
+        since = index.since
+        errors = index.errors
+        candidates = index.candidates
+        suffix = index.suffix
+        apply = index.apply
+        positions = _INDEX_OF
+        legal = _LEGAL
         flows = len(self.plan.flows)
         number = before
         try:
@@ -641,17 +896,44 @@ class _Scan:
                     if not (0 <= flow < flows and type(start) is int):
                         raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
                     key = (flow << _SHIFT) | start
-                    entry = index.get(key)
-                    if entry is None:
-                        entry = index[key] = Entry()
-                    state = states[record["st"]]
-                    if state not in moves[entry.state]:
+                    old = windows.get(key, 0)
+                    new = positions[record["st"]]
+                    if (_state_of(old) << 3) | new not in legal:
                         raise IllegalTransition(  # noqa: TRY301 - reported with its line below
-                            f"a window cannot go from {entry.state} to {state}"
+                            f"a window cannot go from {_STATES[_state_of(old)]} to {_STATES[new]}"
                         )
-                    _apply(entry, record, state)
+                    # The two records of nearly every window, applied inline (what `apply` does
+                    # for them, without a call and its lookups): an intent, then its run id.
+                    attempt = record.get("a")
+                    if len(record) == 6 and type(attempt) is int and type(old) is int:
+                        if new == _SUBMITTING:
+                            since_at = record.get("ts")
+                            if since_at is not None:  # {t f s st a ts}, no run yet
+                                windows[key] = (attempt << _ATTEMPT_SHIFT) | (old & _RETRYING) | new
+                                if candidates:
+                                    candidates.pop(key, None)
+                                since[key] = since_at
+                                if errors:
+                                    errors.pop(key, None)
+                                continue
+                        else:
+                            run_id = record.get("id")
+                            if type(run_id) is str and attempt < 1 << 59:  # {t f s st a id}
+                                windows[key] = run_id.encode() + suffix(
+                                    (attempt << _ATTEMPT_SHIFT) | (old & _RETRYING) | new
+                                )
+                                if candidates:
+                                    candidates.pop(key, None)
+                                if since:
+                                    since.pop(key, None)
+                                if errors and new != _FAILED:
+                                    errors.pop(key, None)
+                                if flow not in run_flows:
+                                    run_flows.add(flow)
+                                continue
+                    apply(key, record, new)
                 else:
-                    self._other(record, index)
+                    self._other(record)
                     flows = len(self.plan.flows)
         except (ValueError, KeyError, TypeError, IndexError, IllegalTransition) as exc:
             # A crash can only tear the last line short of its newline. A complete line that
@@ -672,7 +954,7 @@ class _Scan:
             raise ValueError("the header's fingerprint does not match its plan")
         self.header = record
 
-    def _other(self, record: dict[str, Any], index: dict[int, Entry]) -> None:
+    def _other(self, record: dict[str, Any]) -> None:
         """Records other than a window's move: snapshots (compaction) and plan extensions."""
         kind = record["t"]
         if kind == "snap":
@@ -680,16 +962,16 @@ class _Scan:
             start = record["s"]
             if not (0 <= flow < len(self.plan.flows) and type(start) is int):
                 raise ValueError(f"window {flow}/{start} is not in the plan")
-            entry = index.setdefault((flow << _SHIFT) | start, Entry())
-            _apply(entry, record, BY_VALUE[record["st"]])
-            _note(entry, record)
+            key = (flow << _SHIFT) | start
+            self.index.apply(key, record, _INDEX_OF[record["st"]])
+            self.index.note(key, record)
         elif kind == "note":
             flow = record["f"]
             start = record["s"]
-            noted = index.get((flow << _SHIFT) | start) if type(start) is int else None
-            if noted is None:
+            key = (flow << _SHIFT) | start if type(start) is int and type(flow) is int else -1
+            if key not in self.index.windows:
                 raise ValueError(f"a note for window {flow}/{start}, which has no record")
-            _note(noted, record)
+            self.index.note(key, record)
         elif kind == "plan":
             plan = Plan.from_json(record["plan"])
             if plan.fingerprint() != record.get("fingerprint"):
@@ -697,47 +979,6 @@ class _Scan:
             self.plan = plan
         else:
             raise ValueError(f"unknown record type {kind!r}")
-
-
-def _apply(entry: Entry, record: dict[str, Any], state: WindowState) -> None:
-    """One record's effect on a window's entry (the replay's hot path: few lookups)."""
-    entry.state = state
-    if entry.candidates:  # a move settles the doubt they kept open
-        entry.candidates = ()
-    get = record.get
-    attempt = get("a")
-    if attempt is not None:
-        entry.attempt = attempt
-    run_id = get("id")
-    if run_id is not None and run_id != entry.run_id:
-        if entry.run_id is not None:
-            entry.old_runs = (*entry.old_runs, entry.run_id)
-        entry.run_id = run_id
-    since = get("ts")
-    if since is not None:  # an intent: when, and whether it re-triggers
-        entry.since = since
-        entry.retrigger = get("m") == "re-trigger"
-    errors = get("err")
-    if errors is not None:
-        entry.errors = errors
-    elif entry.errors is not None and state is not WindowState.FAILED:
-        entry.errors = None
-    retrying = get("n")
-    if retrying is not None:
-        entry.retrying = bool(retrying)
-    old = get("old")  # snapshots only
-    if old is not None:
-        entry.old_runs = tuple(old)
-
-
-def _note(entry: Entry, record: dict[str, Any]) -> None:
-    """A note's effect: what the service showed of the window, beside its state."""
-    duplicates = record.get("dup")
-    if duplicates is not None:
-        entry.duplicates = tuple(duplicates)
-    candidates = record.get("cand")
-    if candidates is not None:
-        entry.candidates = tuple(candidates)
 
 
 def _snapshot(key: int, entry: Entry) -> dict[str, Any]:

@@ -13,8 +13,29 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 import orjson
-import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog without letting it import rich (a third of ``plan``'s start-up).
+
+    structlog's ``dev`` module imports rich, whenever it is installed, only to offer pretty
+    tracebacks; backfill renders tracebacks plainly (see ``configure``) and needs rich only for
+    the live display. So rich is hidden while structlog loads, and visible again at once. The
+    CLI imports this module before anything else that imports structlog.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402 - after the function above
+from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
 __all__ = ["SecretScrubber", "configure", "json_mode", "register_secret"]
 
@@ -103,14 +124,24 @@ def configure(
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(
-            colors=(stream or sys.stderr).isatty(), sort_keys=False
+            colors=(stream or sys.stderr).isatty(),
+            sort_keys=False,
+            exception_formatter=structlog.dev.plain_traceback,  # rich is for the display only
         )
         shared.append(_iso_window)
 
+    printers: dict[int, tuple[TextIO, structlog.PrintLogger]] = {}
+
     def factory(*_args: Any) -> structlog.PrintLogger:
         # sys.stderr is looked up per logger, not once: the live progress display redirects
-        # it while it runs, so log lines print above the display instead of through it.
-        return structlog.PrintLogger(stream or (sys.stdout if _json else sys.stderr))
+        # it while it runs, so log lines print above the display instead of through it. The
+        # printer of each stream is made once (a logger is bound at every call, even a
+        # filtered one: building a printer each time cost the engine microseconds a window).
+        out = stream or (sys.stdout if _json else sys.stderr)
+        known = printers.get(id(out))
+        if known is None or known[0] is not out:
+            known = printers[id(out)] = (out, structlog.PrintLogger(out))
+        return known[1]
 
     structlog.configure(
         processors=[*shared, scrubber, _drop_empty, renderer],

@@ -13,17 +13,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import structlog
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from .journal import Entry, Journal
 from .planner import FlowPlan, Order, Plan, Shard, Window, format_time
 from .state import LABELS, WindowState
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = [
     "Snapshot",
@@ -96,6 +96,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _table(snapshot: Snapshot, title: str) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - rich only for a terminal (start-up cost)
+
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for state in _ORDER:
         table.add_column(LABELS[state], justify="right")
@@ -104,6 +106,8 @@ def _table(snapshot: Snapshot, title: str) -> Table:
 
 
 def _progress_line(snapshot: Snapshot) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - rich only for a terminal (start-up cost)
+
     grid = Table.grid(padding=(0, 2))
     share = snapshot.done / snapshot.total if snapshot.total else 1.0
     width = 30
@@ -130,6 +134,9 @@ async def progress_task(
 ) -> None:
     """Show progress until cancelled: a live display on a terminal, else log events."""
     if live:
+        from rich.console import Console  # noqa: PLC0415 - rich only for a terminal
+        from rich.live import Live  # noqa: PLC0415
+
         console = Console(file=stream or sys.stderr)
         with Live(_progress_line(snapshot()), console=console, refresh_per_second=4) as display:
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,6 +158,8 @@ def print_summary(
     if json_lines:
         log.info("summary", outcome=outcome, **snapshot.as_dict())
         return
+    from rich.console import Console  # noqa: PLC0415 - rich only for a terminal
+
     console = Console(file=stream or sys.stdout)
     title = f"backfill {outcome} after {_duration(snapshot.elapsed)}"
     console.print(_table(snapshot, title))
@@ -197,7 +206,7 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
 
 def duplicate_windows(journal: Journal) -> list[tuple[Window, Entry]]:
     """Windows for which the service holds more than one live run."""
-    return [(window, entry) for window, entry in journal.items() if entry.duplicates]
+    return [(window, entry) for window, entry in journal.items(noted=True) if entry.duplicates]
 
 
 def write_report(path: Path, journal: Journal, totals: dict[str, Any]) -> None:

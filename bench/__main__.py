@@ -32,6 +32,7 @@ from bench import (
     planning,
     rate,
     scaling,
+    startup,
     throughput,
 )
 from bench.common import ROOT, Result, Settings, fmt, machine, stop_all
@@ -39,6 +40,7 @@ from bench.common import ROOT, Result, Settings, fmt, machine, stop_all
 SCENARIOS: dict[str, ModuleType] = {
     module.NAME: module
     for module in (
+        startup,
         emulator,
         rate,
         throughput,

@@ -472,6 +472,37 @@ def emulator(settings: Settings, *flags: str) -> Iterator[Emulator]:
         stop(process)
 
 
+@contextlib.contextmanager
+def canned_server(settings: Settings) -> Iterator[Emulator]:
+    """``python -m bench.canned`` (201 to every POST /runs, nothing kept) until the block ends."""
+    global _emulators  # noqa: PLW0603 - a counter for unique file names
+    _emulators += 1
+    ready = settings.work / f"canned-{_emulators}.url"
+    log = settings.work / f"canned-{_emulators}.log"
+    with open(log, "wb") as out:
+        process = spawn(
+            python_module("bench.canned", "--host", LOOPBACK, "--ready-file", str(ready)),
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 20.0
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the canned server did not start: {tail(log)}")
+            time.sleep(0.02)
+        base_url = ready.read_text().strip()
+        yield Emulator(base_url, base_url.split("/data/", 1)[0], process.pid)
+    finally:
+        stop(process)
+
+
+def canned_created(server: Emulator) -> int:
+    return int(http_json("GET", server.root + "/__stats")["created"])
+
+
 # -------------------------------------------------------------------------------- machine
 
 

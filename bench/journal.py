@@ -6,7 +6,10 @@ a durable ``SUBMITTING`` record and then a durable ``SUBMITTED`` record with its
 per record, which exists for this comparison). Replay: a checkpoint of two records per window
 is made with the real ``Journal`` for its header and first window, whose two lines are the
 templates of every other window's lines; ``Journal.open`` of it is then timed in a fresh
-child, whose peak RSS is measured. Every part runs in a child process of its own.
+child, whose peak RSS is measured. Every part runs in a child process of its own. The real
+CLI then resumes the same checkpoint: ``backfill run`` with its plan (every window already
+accepted: it replays, walks the plan and exits; pointed at an emulator that is never called)
+and ``backfill status``, each timed from start to exit with its peak RSS.
 """
 
 from __future__ import annotations
@@ -23,7 +26,20 @@ import orjson
 from backfill.journal import Journal
 from backfill.planner import FlowPlan, Plan
 from backfill.state import WindowState
-from bench.common import FLOW_ID, Result, Settings, child_json, python_module, ratio
+from bench.common import (
+    FLOW_ID,
+    Result,
+    Settings,
+    backfill_command,
+    check,
+    child_json,
+    cli_env,
+    created,
+    emulator,
+    measure,
+    python_module,
+    ratio,
+)
 
 NAME = "journal"
 TITLE = "Journal: 64 concurrent durable writers; replay of a 1,000,000-window checkpoint"
@@ -34,6 +50,8 @@ RECORDS_TARGET = 20_000.0
 RESUME_SECONDS = 5.0
 RESUME_WINDOWS = 1_000_000
 RESUME_RSS_MB = 500.0
+CLI_SECONDS = 3.0  # `backfill run` and `backfill status` on a 1,000,000-window checkpoint
+CLI_RSS_MB = 250.0
 
 
 def _plan(windows: int) -> Plan:
@@ -112,6 +130,37 @@ def resume(path: Path, windows: int) -> dict[str, float]:
     return {"seconds": seconds, "submitted": float(submitted), "lines": float(records)}
 
 
+def _cli_resume(settings: Settings, path: Path, windows: int) -> dict[str, dict[str, float]]:
+    """``backfill run`` (nothing left to send) and ``backfill status`` on the checkpoint."""
+    plan = [
+        "--flow-id",
+        FLOW_ID,
+        "--start",
+        str(FIRST),
+        "--end",
+        str(FIRST + windows * MINUTE),
+        "--window",
+        "1m",
+    ]
+    found: dict[str, dict[str, float]] = {}
+    with emulator(settings) as emu:
+        for command, argv in (
+            ("run", [*backfill_command(), "run", *plan, "--checkpoint", str(path)]),
+            ("status", [*backfill_command(), "status", "--checkpoint", str(path)]),
+        ):
+            log = settings.work / f"journal-cli-{command}.log"
+            measured = measure(argv, timeout=300, env=cli_env(emu.base_url), stdout=log, stderr=log)
+            check(measured, f"backfill {command}", log)
+            found[command] = {
+                "seconds": measured.wall,
+                "cpu_s": measured.cpu,
+                "max_rss_mb": measured.max_rss_mb,
+            }
+        if created(emu.stats()):
+            raise RuntimeError("backfill run sent requests for windows already accepted")
+    return found
+
+
 def _child(settings: Settings, label: str, *args: str, timeout: float = 300) -> Any:
     return child_json(
         python_module("bench.journal", *args), timeout=timeout, work=settings.work, label=label
@@ -145,6 +194,7 @@ def run(settings: Settings) -> Result:
         if int(out["submitted"]) != resume_windows:
             result.notes.append(f"replay found {out['submitted']} submitted windows")
         resumed.append((out, measured.max_rss_mb))
+    clis = [_cli_resume(settings, resume_path, resume_windows) for _ in range(settings.repetitions)]
     resume_path.unlink(missing_ok=True)
     result.details = {
         "writers": WRITERS,
@@ -177,6 +227,25 @@ def run(settings: Settings) -> Result:
         round(RESUME_SECONDS * scale, 3),
     )
     result.figure("replay peak RSS", "MB", [rss for _, rss in resumed], "<=", RESUME_RSS_MB)
+    result.figure(
+        "bytes per window on disk", "B", [built["bytes"] / resume_windows], note="two records"
+    )
+    for command in ("run", "status"):
+        result.figure(
+            f"backfill {command} on {resume_windows:,} windows, start to exit",
+            "s",
+            [c[command]["seconds"] for c in clis],
+            "<=",
+            round(CLI_SECONDS * scale, 3),
+        )
+        result.figure(
+            f"backfill {command} on {resume_windows:,} windows, peak RSS",
+            "MB",
+            [c[command]["max_rss_mb"] for c in clis],
+            "<=",
+            CLI_RSS_MB,
+        )
+    result.details["cli"] = clis
     return result
 
 

@@ -1,11 +1,15 @@
-"""Scenario "throughput": the real CLI against ``xargs -P 64 curl`` and requests in 64 threads.
+"""Scenario "throughput": the real CLI against a bare aiohttp loop, curl and requests.
 
 The emulator answers after 20 ms +/- 5 ms; nothing limits the rate; 64 requests in flight for
-everyone. The three clients post the same bodies with the same headers to the same emulator
-(reset between them, in an order that rotates with each repetition) and keep every run id.
+everyone. The clients post the same bodies with the same headers to the same emulator (reset
+between them, in an order that rotates with each repetition) and keep every run id: backfill,
+(c) a bare aiohttp loop with a ``Semaphore(64)`` (the floor: no checkpoint, no retries), the
+same with an fsynced intent per window, (a) ``xargs -P 64 curl``, (b) requests in 64 threads.
 Throughput is windows over the client's whole wall time, start-up included, as a user waits
 for it; CPU is user + system time of the client's process tree (``os.wait4``), the emulator's
-excluded. Ratios are taken within each repetition, then their median is reported.
+excluded. CPU per run is given all-in (start-up included) and marginal: (CPU of the N-window
+run - CPU of a 1-window run) / (N - 1), for backfill and the bare loop alike. Ratios are taken
+within each repetition, then their median is reported.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _timeout(windows: int) -> float:
 
 
 def tool(settings: Settings, emu: Emulator, windows: int, rep: int, bodies: Path) -> Measured:
-    log = settings.work / f"throughput-tool-{rep}.jsonl"
+    log = settings.work / f"throughput-tool-{windows}-{rep}.jsonl"
     argv = [
         *backfill_command(),
         "run",
@@ -67,7 +71,7 @@ def tool(settings: Settings, emu: Emulator, windows: int, rep: int, bodies: Path
         "--concurrency",
         str(CONCURRENCY),
         "--checkpoint",
-        str(settings.work / f"throughput-{rep}.jsonl"),
+        str(settings.work / f"throughput-{windows}-{rep}.jsonl"),
     ]
     measured = measure(
         argv, timeout=_timeout(windows), env=cli_env(emu.base_url), stdout=log, stderr=log
@@ -112,7 +116,48 @@ def threads(settings: Settings, emu: Emulator, windows: int, rep: int, bodies: P
     return measured
 
 
-CLIENTS: dict[str, Client] = {"backfill": tool, "curl": curl, "requests": threads}
+def _bare(
+    settings: Settings, emu: Emulator, windows: int, rep: int, bodies: Path, *, journal: bool
+) -> Measured:
+    label = f"throughput-aiohttp{'-journal' if journal else ''}-{windows}-{rep}"
+    answers = settings.work / f"{label}.answers"
+    err = settings.work / f"{label}.err"
+    argv = [
+        sys.executable,
+        str(BASELINES / "aiohttp_loop.py"),
+        emu.base_url,
+        str(bodies),
+        str(answers),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--windows",
+        str(windows),
+    ]
+    if journal:
+        argv += ["--journal", str(settings.work / f"{label}.journal")]
+    measured = measure(argv, timeout=_timeout(windows), env=_baseline_env(), stderr=err)
+    check(measured, "aiohttp_loop.py", err)
+    return measured
+
+
+def bare(settings: Settings, emu: Emulator, windows: int, rep: int, bodies: Path) -> Measured:
+    return _bare(settings, emu, windows, rep, bodies, journal=False)
+
+
+def bare_journal(
+    settings: Settings, emu: Emulator, windows: int, rep: int, bodies: Path
+) -> Measured:
+    return _bare(settings, emu, windows, rep, bodies, journal=True)
+
+
+CLIENTS: dict[str, Client] = {
+    "backfill": tool,
+    "aiohttp": bare,
+    "aiohttp+journal": bare_journal,
+    "curl": curl,
+    "requests": threads,
+}
+MARGINAL = ("backfill", "aiohttp")  # also run with one window: the fixed cost, for the slope
 
 
 def run(settings: Settings) -> Result:
@@ -140,6 +185,13 @@ def run(settings: Settings) -> Result:
                     "max_rss_mb": round(measured.max_rss_mb, 1),
                     "server_side_per_s": round(sustained_rate(stats), 1),
                 }
+                if name in MARGINAL:
+                    emu.reset()
+                    one = CLIENTS[name](settings, emu, 1, rep, bodies)
+                    if created(emu.stats()) != 1:
+                        raise BenchError(f"{name}: the 1-window run did not create one run")
+                    seen[name]["fixed_cpu_s"] = round(one.cpu, 3)
+                    seen[name]["marginal_cpu_us"] = (measured.cpu - one.cpu) / (windows - 1) * 1e6
         seen["order"] = {"clients": order}
         reps.append(seen)
     result.details = {"windows": windows, "concurrency": CONCURRENCY, "repetitions": reps}
@@ -149,11 +201,44 @@ def run(settings: Settings) -> Result:
 
     for client, label in (
         ("backfill", "backfill run"),
+        ("aiohttp", "(c) bare aiohttp loop"),
+        ("aiohttp+journal", "(c) bare aiohttp + fsync per window"),
         ("curl", "(a) xargs -P 64 curl"),
         ("requests", "(b) requests + 64 threads"),
     ):
         result.figure(f"{label}: throughput", "windows/s", column(client, "windows_per_s"))
         result.figure(f"{label}: client CPU per run", "us", column(client, "cpu_us_per_run"))
+    for client, label in (("backfill", "backfill run"), ("aiohttp", "(c) bare aiohttp loop")):
+        result.figure(f"{label}: fixed cost (1 window)", "CPU s", column(client, "fixed_cpu_s"))
+        result.figure(f"{label}: marginal CPU per run", "us", column(client, "marginal_cpu_us"))
+    result.figure(
+        "CPU per run backfill / (c) bare aiohttp, all-in",
+        "x",
+        [
+            ratio(a, b)
+            for a, b in zip(
+                column("backfill", "cpu_us_per_run"),
+                column("aiohttp", "cpu_us_per_run"),
+                strict=True,
+            )
+        ],
+        "<=",
+        1.3,
+    )
+    result.figure(
+        "CPU per run backfill / (c) bare aiohttp, marginal",
+        "x",
+        [
+            ratio(a, b)
+            for a, b in zip(
+                column("backfill", "marginal_cpu_us"),
+                column("aiohttp", "marginal_cpu_us"),
+                strict=True,
+            )
+        ],
+        "<=",
+        1.3,
+    )
     result.figure(
         "backfill run: steady rate, server side (no start-up)",
         "windows/s",

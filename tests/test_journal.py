@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import random
 import stat
@@ -1129,3 +1130,87 @@ def test_entry_defaults() -> None:
     assert (entry.state, entry.attempt, entry.run_id, entry.old_runs) == (S.PENDING, 0, None, ())
     assert not entry.in_doubt
     assert entry.all_runs() == ()
+
+
+# --------------------------------------------------------------- index and commits
+
+
+async def test_an_accepted_record_not_yet_committed_leaves_the_window_in_doubt(
+    path: Path, wall: Wall
+) -> None:
+    """`record_nowait` is durable with the next commit; a crash before it loses only that."""
+    journal = Journal.open(path, make_plan(), wall=wall)
+    w = window(3)
+    await journal.record(w, S.SUBMITTING, attempt=1)
+    journal.record_nowait(w, S.SUBMITTED, attempt=1, run_id="run-3")
+
+    crashed = Journal.open(path, None, readonly=True)  # the loop has not turned: not written
+    entry = crashed.get(w)
+    assert entry is not None
+    assert (entry.state, entry.in_doubt, entry.since) == (S.SUBMITTING, True, wall.now)
+
+    await journal.record(window(4), S.SUBMITTING, attempt=1)  # the next intent's commit
+    later = Journal.open(path, None, readonly=True).get(w)
+    assert later is not None
+    assert (later.state, later.run_id) == (S.SUBMITTED, "run-3")
+    await journal.close()
+
+
+async def test_one_write_serves_every_record_ready_at_once(path: Path) -> None:
+    journal = Journal.open(path, make_plan(), durable=False)
+
+    await asyncio.gather(*(journal.record(window(i), S.SUBMITTING, attempt=1) for i in range(50)))
+    await journal.close()
+
+    assert (journal.records, journal.syncs) == (50, 1)
+
+
+async def test_the_index_adds_nothing_for_the_garbage_collector(path: Path) -> None:
+    """A window costs plain ints and bytes in flat dicts, which the cyclic GC never scans."""
+    plan = make_plan(hours=3000)
+    journal = Journal.open(path, plan, durable=False)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i, w in enumerate(plan.windows()):
+        journal.record_nowait(w, S.SUBMITTING, attempt=1)
+        journal.record_nowait(w, S.SUBMITTED, attempt=1, run_id=f"{i:08x}-0000-4000-8000-0")
+    await journal.commit()
+    gc.collect()
+    tracked = len(gc.get_objects()) - before
+    await journal.close()
+
+    assert len(journal) == 3000
+    assert tracked < 100, f"{tracked} more objects for the GC to scan"
+    reopened = Journal.open(path, plan, readonly=True)
+    gc.collect()
+    assert len(reopened) == 3000
+    assert len(gc.get_objects()) - before < 200
+
+
+async def test_items_of_some_states_only(path: Path) -> None:
+    journal = Journal.open(path, make_plan())
+    await journal.record(window(1), S.SUBMITTING, attempt=1)
+    await journal.record(window(2), S.SUBMITTING, attempt=1)
+    await journal.record(window(2), S.SUBMITTED, attempt=1, run_id="r2")
+    await journal.record(window(3), S.SUBMITTING, attempt=1)
+    await journal.record(window(3), S.FAILED, attempt=1, run_id="r3", errors=[{"message": "x"}])
+
+    assert [w for w, _ in journal.items({S.SUBMITTING})] == [window(1)]
+    assert [(w, e.errors) for w, e in journal.items({S.FAILED})] == [
+        (window(3), [{"message": "x"}])
+    ]
+    assert {w for w, _ in journal.items()} == {window(1), window(2), window(3)}
+    assert journal.has_run(FLOW)
+    await journal.close()
+
+
+async def test_items_with_a_note_only(path: Path) -> None:
+    journal = Journal.open(path, make_plan())
+    for i in range(3):
+        await journal.record(window(i), S.SUBMITTING, attempt=1)
+    await journal.note(window(1), candidates=("r-9",))
+
+    assert [(w, e.candidates) for w, e in journal.items(noted=True)] == [(window(1), ("r-9",))]
+    await journal.record(window(1), S.SUBMITTED, attempt=1, run_id="r-1")  # a move settles it
+    assert list(journal.items(noted=True)) == []
+    await journal.close()

@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import random
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -146,15 +147,14 @@ def test_rate_divided_shares_the_rate() -> None:
 # -------------------------------------------------------------------- RateLimiter
 
 
-def margin(rate: Rate) -> float:
-    """What the limiter keeps free of every period: 1 %, at most half an interval."""
-    return min(rate.interval / 2, rate.period * 0.01)
+def spacing(rate: Rate) -> float:
+    """An interval plus 1 % of margin."""
+    return rate.interval * 1.01
 
 
 @pytest.mark.parametrize("text", ["4/s", "10/s", "0.5/s", "600/min", "7/s"])
-async def test_permits_are_spaced_one_interval_apart_with_a_margin_each_period(text: str) -> None:
+async def test_permits_are_spaced_one_interval_and_a_margin_apart(text: str) -> None:
     rate = Rate.parse(text)
-    burst = max(1, int(rate.permits))
     fake = SteppingClock()
     limiter = RateLimiter(rate, clock=fake.clock, sleep=fake.sleep)
     grants: list[float] = []
@@ -164,8 +164,7 @@ async def test_permits_are_spaced_one_interval_apart_with_a_margin_each_period(t
         grants.append(fake.now)
 
     assert grants[0] == 0.0, "the first permit is immediate"
-    expected = [rate.interval + (margin(rate) if (i + 1) % burst == 0 else 0.0) for i in range(49)]
-    assert gaps(grants) == pytest.approx(expected, rel=1e-9)
+    assert gaps(grants) == pytest.approx([spacing(rate)] * 49, rel=1e-9)
     assert len(fake.sleeps) == 49
     assert limiter.waited == pytest.approx(grants[-1])
 
@@ -179,8 +178,8 @@ async def test_four_a_second_is_exact() -> None:
         await limiter.acquire()
         grants.append(fake.now)
 
-    # The fifth permit would make five in [0, 1]: it waits 1 s + 10 ms after the first.
-    assert grants == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.01, 1.26, 1.51, 1.76, 2.02])
+    # Every interval is 1 % longer: the fifth permit is 1 s + 10 ms after the first.
+    assert grants == pytest.approx([0.0, 0.2525, 0.505, 0.7575, 1.01, 1.2625, 1.515, 1.7675, 2.02])
 
 
 async def test_a_caller_that_comes_late_is_not_made_to_wait() -> None:
@@ -228,7 +227,7 @@ async def test_concurrent_waiters_get_evenly_spaced_permits() -> None:
     tasks = [asyncio.create_task(granted_at(limiter, scheduler, grants)) for _ in range(10)]
     await scheduler.run(tasks)
 
-    assert gaps(grants) == pytest.approx([0.5, 0.51] * 4 + [0.5])
+    assert gaps(grants) == pytest.approx([0.505] * 9)
 
 
 async def test_pause_pushes_every_later_permit_including_sleepers() -> None:
@@ -307,8 +306,9 @@ async def test_one_very_late_wake_up_does_not_cause_a_burst() -> None:
         grants.append(fake.now)
 
     # After the stall no burst: the next goes half an interval later (its slot is long past),
-    # then never more than two in any second (plus the margin).
-    assert grants == pytest.approx([0.0, 4.5, 4.75, 5.51, 6.01])
+    # then the schedule resumes, but never more than two in any second (the 4th waits for
+    # the 2nd's bucket of 5 ms to leave the sliding second).
+    assert grants == pytest.approx([0.0, 4.505, 4.7575, 5.505, 5.76])
 
 
 async def test_concurrent_sleepers_woken_together_by_a_stall_stay_an_interval_apart() -> None:
@@ -413,3 +413,45 @@ def test_backoff_survives_a_huge_retry_number(retry: int) -> None:
     delay = backoff.delay(retry, random.Random(0))
 
     assert 0.0 <= delay <= 30.0
+
+
+async def test_a_stall_past_many_slots_never_breaks_the_sliding_bound() -> None:
+    """50 sleepers due at once after a 0.4 s stall: no more than 50 in any sliding second."""
+    scheduler = Scheduler()
+    rate = Rate(50.0)
+    limiter = RateLimiter(rate, clock=scheduler.clock, sleep=scheduler.sleep)
+    grants: list[float] = []
+    tasks = [asyncio.create_task(granted_at(limiter, scheduler, grants)) for _ in range(200)]
+
+    await scheduler.advance(0.7)
+    await scheduler.jump(1.1)  # the loop was stuck from 0.7 to 1.1
+    await scheduler.run(tasks)
+
+    assert len(grants) == 200
+    for first, last in zip(grants, grants[50:], strict=False):
+        assert last - first >= rate.period
+    assert all(gap >= rate.interval / 2 - EPSILON for gap in gaps(grants))
+    assert grants[-1] <= 1.1 + 200 * rate.interval  # the stall cost its own time, no more
+
+
+async def test_memory_stays_bounded_whatever_the_rate() -> None:
+    """At a million a second the limiter keeps a few numbers and 201 counts, not the grants."""
+    fake = SteppingClock()
+
+    async def sleep(seconds: float) -> None:  # SteppingClock's would log every sleep
+        fake.now += seconds
+
+    tracemalloc.start()
+    try:
+        limiter = RateLimiter(Rate(1_000_000.0), clock=fake.clock, sleep=sleep)
+        for _ in range(1_000):
+            await limiter.acquire()
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(5_000):
+            await limiter.acquire()
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert fake.now == pytest.approx(5_999 * 1.01e-6, rel=1e-3)
+    assert after - before < 5_000  # a log of grants would hold 32 bytes each (160 kB here)

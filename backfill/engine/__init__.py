@@ -5,7 +5,8 @@
        v
     dispatch  --(concurrency slot, flow ready)--> submit (one worker per request)
     submit:     journal "submitting" (durable) -> rate permit -> POST /runs
-                -> journal "submitted" (durable); answer lost / 5xx -> in doubt -> reconcile
+                -> journal "submitted" (durable with the next commit); answer lost / 5xx
+                -> in doubt -> reconcile
     reconcile:  one paginated listing per flow, adopts the run whose window matches, or
                 sends the window back to dispatch when the service has none
     monitor:    one list call per flow and page of tracked run ids -> status records;

@@ -131,7 +131,7 @@ class Board:
         self.flows = {
             flow.flow_id: Flow(
                 flow,
-                flow.windows(options.order, plan.shard),
+                self.journal.unfinished(flow.windows(options.order, plan.shard)),
                 Gate.OPEN if flow.delta_column is None else Gate.CHECKING,
             )
             for flow in plan.flows

@@ -130,14 +130,14 @@ class Dispatcher:
         board = self._board
         journal = board.journal
         for window in flow.stream:
-            entry = journal.get(window)
-            if entry is None:
-                return Job(window, 1)
-            state = entry.state
+            state = journal.state(window)  # no entry is built for the windows passed over
             if state is WindowState.PENDING:
-                return Job(window, entry.attempt + 1)
-            if state is WindowState.FAILED and entry.attempt < board.allowed(window):
-                return board.retry_job(window, entry)
+                entry = journal.get(window)
+                return Job(window, entry.attempt + 1 if entry is not None else 1)
+            if state is WindowState.FAILED:
+                entry = journal.get(window)
+                if entry is not None and entry.attempt < board.allowed(window):
+                    return board.retry_job(window, entry)
         flow.exhausted = True
         return None
 

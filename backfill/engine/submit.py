@@ -1,7 +1,8 @@
 """Submission: one window's request, from its durable intent to its recorded run id.
 
     journal "submitting" (durable) -> POST /runs (or re-trigger; the client takes the rate
-        permit right before the send) -> journal "submitted" (durable)
+        permit right before the send) -> journal "submitted" (durable with the next commit;
+        a crash before it leaves the window in doubt, and reconciliation adopts the run)
     answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
     stopped before the permit (RequestNotSent) -> back to where it was: never in doubt
 
@@ -129,8 +130,12 @@ class Submitter:
                 job, RuntimeError(f"answered with run {created.run_id} of another window")
             )
             return True
-        board.claim(created.run_id, window)  # before the await: a second answer sees it
-        await journal.record(
+        board.claim(created.run_id, window)
+        # Not waited for: the next commit (the next intent's, or the last one at exit) makes
+        # it durable. A crash before then loses it, and the window, whose intent is durable,
+        # is in doubt on resume: reconciliation adopts this run from the service's listing.
+        # One fsync wait per window instead of two.
+        journal.record_nowait(
             window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
         )
         log.debug(
