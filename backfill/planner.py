@@ -66,6 +66,10 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DIGITS = re.compile(r"^\s*-?\d+\s*$")
 _WINDOW = re.compile(r"^\s*(\d+)\s*(mo|[smhdwqy])\s*$")
 _FIXED_UNITS = {"s": 1, "m": 60, "h": 3600}
+# A unit's average length in seconds (Gregorian months and years), to refuse a window size
+# longer than the whole span backfill plans: no range could hold one such window, and the
+# calendar arithmetic of its boundaries would leave the years datetime can hold.
+_NOMINAL = {**_FIXED_UNITS, "d": 86400, "w": 604800, "mo": 2629746, "q": 7889238, "y": 31556952}
 
 
 def parse_time(value: str | int, zone: str = "UTC") -> int:
@@ -177,7 +181,9 @@ def parse_window(value: str | int) -> int | tuple[int, Unit]:
     if isinstance(value, bool):
         raise ValueError("expected a window size, got a boolean")
     if isinstance(value, int):
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        _within_span(seconds, "s", str(value))
+        return seconds
     match = _WINDOW.match(value)
     if match is None:
         raise ValueError(
@@ -187,9 +193,20 @@ def parse_window(value: str | int) -> int | tuple[int, Unit]:
     n, unit = int(match.group(1)), match.group(2)
     if n <= 0:
         raise ValueError(f"{value!r} is not a positive window size; use e.g. 1h or 1d")
+    _within_span(n, unit, value)
     if unit in _FIXED_UNITS:
         return n * _FIXED_UNITS[unit]
     return n, Unit(unit)
+
+
+def _within_span(n: int, unit: str, text: str) -> None:
+    """``ValueError`` unless ``n`` units fit in the span backfill plans."""
+    most = (LATEST - EARLIEST) // _NOMINAL[unit]
+    if n > most:
+        raise ValueError(
+            f"{text!r} is longer than the whole span backfill plans ({format_time(EARLIEST)} "
+            f"to {format_time(LATEST)}); use at most {most}{unit}"
+        )
 
 
 def format_window(size: int | Calendar) -> str:

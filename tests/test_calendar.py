@@ -436,3 +436,33 @@ def test_zone_and_alignment_come_from_flags_environment_and_each_flow(
     assert first.start == parse_time("2024-01-01T00:00:00+01:00")
     assert second.start == parse_time("2024-01-01T00:00:00-05:00")
     assert first.count() == second.count() == 12
+
+
+_LONGEST_ACCEPTED = {"d": 40177, "w": 5739, "mo": 1320, "q": 440, "y": 110}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sorted(_LONGEST_ACCEPTED)),
+    st.sampled_from(SPECIAL),
+    st.sampled_from(list(Align)),
+    st.integers(EARLIEST + 2 * DAY, 1_790_000_000),
+    st.integers(HOUR, 30 * 365 * DAY),
+    st.data(),
+)
+def test_every_accepted_calendar_size_plans_without_error(
+    unit: str, zone_name: str, align: Align, start: int, length: int, data: st.DataObject
+) -> None:
+    """Found in review: sizes like 3000y reached year 0 (a traceback). Every size that
+    ``parse_window`` accepts plans in every zone; one unit more is refused."""
+    most = _LONGEST_ACCEPTED[unit]
+    n = data.draw(st.sampled_from([most, most - 1, most // 2 + 1, 1]))
+    size = parse_window(f"{n}{unit}")
+    assert isinstance(size, tuple)
+    plan = FlowPlan.single(FLOW, start, start + length, Calendar(*size, zone_name, align))
+    windows = list(plan.windows())
+    assert windows[0].start == start
+    assert windows[-1].end == start + length
+    plan.clipped()
+    with pytest.raises(ValueError, match=f"use at most {most}{unit}"):
+        parse_window(f"{most + 1}{unit}")

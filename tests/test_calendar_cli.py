@@ -222,3 +222,39 @@ async def test_plan_shows_unix_and_local_times_and_says_what_is_clipped(tmp_path
     assert "(2024-03-27T00:00:00+01:00 .. 2024-04-01T00:00:00+02:00)" in out
     assert "the first window starts at 2024-03-27T00:00:00+01:00, after the 1w boundary" in out
     assert "the last window ends at 2024-04-10T12:00:00+02:00, before the 1w boundary" in out
+
+
+async def test_a_window_longer_than_the_planned_span_is_a_usage_error(tmp_path: Path) -> None:
+    # Found in review: 3000y, 4000000d or 99999999999mo ended in a traceback (year 0 or an
+    # overflow in the calendar arithmetic) instead of exit 2 naming --window.
+    flow = ["--flow-id", FLOW_FILE, "--start", "2024-01-01", "--end", "2024-02-01"]
+    cases = [
+        (["--window", "3000y"], "--window", "use at most 110y"),
+        (["--window", "111y", "--timezone", MADRID], "--window", "use at most 110y"),
+        (["--window", "4000000d"], "--window", "use at most 40177d"),
+        (["--window", "99999999999w"], "--window", "use at most 5739w"),
+        (["--window", "99999999999mo", "--align", "start"], "--window", "use at most 1320mo"),
+        (["--window", "99999999999q", "--timezone", MADRID], "--window", "use at most 440q"),
+        (["--window", "99999999999999999999h"], "--window", "use at most 964248h"),
+    ]
+    for extra, source, fix in cases:
+        result = await run_cli(["plan", *flow, *extra], cli_env(None), tmp_path)
+        assert result.code == 2, (extra, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert source in result.stderr
+        assert "longer than the whole span backfill plans" in result.stderr
+        assert fix in result.stderr
+    config = tmp_path / "long.toml"
+    config.write_text(
+        f'start = "2024-01-01"\nend = "2024-02-01"\n'
+        f'[[flows]]\nid = "{FLOW_FILE}"\nwindow = "2025y"\n'
+    )
+    table = await run_cli(["plan", "--config", str(config)], cli_env(None), tmp_path)
+    assert table.code == 2, table.stderr
+    assert "flows[0].window" in table.stderr
+    assert "use at most 110y" in table.stderr
+    widest = await run_cli(
+        ["plan", *flow, "--window", "110y", "--timezone", MADRID, "--json"], cli_env(None), tmp_path
+    )
+    assert widest.code == 0, widest.stderr
+    assert len(widest.stdout.splitlines()) == 1
