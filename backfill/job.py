@@ -675,7 +675,12 @@ def find_checkpoints(settings: Settings, given: list[str]) -> list[Path]:
             if not shards:
                 raise CheckpointMissing(str(path))
             found.extend(shards)
-    return found
+    # A file named twice (a path and its shard pattern, ./ck.jsonl and ck.jsonl) is read once:
+    # counted twice, every window of it would be too.
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _glob(pattern: Path) -> list[Path]:

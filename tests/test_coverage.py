@@ -627,3 +627,28 @@ async def test_a_live_reading_lets_the_backfill_run_between_chunks_of_windows(
     assert turns >= 20_000 // coverage._CHUNK
     assert sum(len(seen) for _, seen in reading.result().flows.values()) == 20_000
     await journal.close()
+
+
+async def test_a_checkpoint_named_twice_is_read_once(tmp_path: Path) -> None:
+    # Found in review: `--checkpoint ck.jsonl --checkpoint ./ck.jsonl` (or a shard pattern and
+    # one of its files) counted every window twice, in the text, the JSON and the page.
+    flows = (FlowPlan.single(FLOW_TABLE, START, START + 3600 * 6, 3600),)
+    for index in range(2):
+        await Journal.open(tmp_path / f"ck-{index}.jsonl", Plan(flows, Shard(index, 2))).close()
+    named_twice = [
+        f"{tmp_path}/ck-{{shard}}.jsonl",
+        str(tmp_path / "ck-1.jsonl"),
+        "./ck-0.jsonl",
+        "ck-0.jsonl",
+    ]
+    args = [arg for checkpoint in named_twice for arg in ("--checkpoint", checkpoint)]
+    document = await run_cli(["status", *args, "--json"], cli_env(None), tmp_path)
+    assert document.code == 0, document.stderr
+    assert orjson.loads(document.stdout)["counts"]["pending"] == 6
+    text = await run_cli(["status", *args], cli_env(None), tmp_path)
+    assert text.code == 0, text.stderr
+    assert text.stdout.count("ck-0.jsonl") == 1
+    assert text.stdout.count("ck-1.jsonl") == 1
+    page = await run_cli(["status", *args, "--html", "p.html"], cli_env(None), tmp_path)
+    assert page.code == 0, page.stderr
+    assert "coverage of 6 windows" in page.stdout
