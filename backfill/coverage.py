@@ -545,6 +545,8 @@ def render(data: dict[str, Any]) -> str:
 
 def check_page_path(path: str) -> None:
     """Refuse, before anything is read, a page that could not be written there."""
+    if not path.strip():
+        raise ConfigError("--html", "is empty; name the file to write, e.g. coverage.html")
     target = Path(path)
     folder = target.parent
     if target.is_dir():

@@ -531,7 +531,11 @@ async def test_a_page_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Pa
     plan = Plan((FlowPlan.single(FLOW_TABLE, START, START + 7200, 3600),))
     await Journal.open(path, plan).close()
     before = path.read_bytes()
-    for target, problem in ((tmp_path / "no" / "p.html", "does not exist"), (tmp_path, "folder")):
+    for target, problem in (
+        (tmp_path / "no" / "p.html", "does not exist"),
+        (tmp_path, "folder"),
+        ("", "is empty; name the file to write"),  # found in review: "--html:  is a folder"
+    ):
         result = await run_cli(
             ["status", "--checkpoint", str(path), "--html", str(target), "--refresh"],
             cli_env(None),
