@@ -38,6 +38,7 @@ from .calendar import (
     pip_tzdata,
     unit_index,
 )
+from .calendar import zone as zone_info
 
 __all__ = [
     "EARLIEST",
@@ -106,12 +107,20 @@ def parse_time(value: str | int, zone: str = "UTC") -> int:
         if not exists(moment, zone):
             raise ValueError(
                 f"{text!r} does not happen exactly once in the time zone {zone} (the clocks "
-                "skip or repeat it); add the offset you mean, e.g. 2024-03-31T03:30:00+02:00"
+                f"skip or repeat it); add the offset you mean, {_with_offsets(moment, zone)}"
             )
         seconds = instant(moment, zone)
     else:
         seconds = int(moment.timestamp())
     return _plausible(seconds, text)
+
+
+def _with_offsets(wall: datetime, zone: str) -> str:
+    """``wall`` written with each offset the zone's clocks give it around a change."""
+    offsets = [wall.replace(tzinfo=zone_info(zone), fold=fold).isoformat() for fold in (0, 1)]
+    if offsets[0] == offsets[1]:
+        return f"e.g. {offsets[0]}"
+    return f"{offsets[0]} or {offsets[1]}"
 
 
 def _day_start(day: date, zone: str, text: str) -> int:

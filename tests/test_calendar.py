@@ -466,3 +466,23 @@ def test_every_accepted_calendar_size_plans_without_error(
     plan.clipped()
     with pytest.raises(ValueError, match=f"use at most {most}{unit}"):
         parse_window(f"{most + 1}{unit}")
+
+
+@pytest.mark.parametrize(
+    ("text", "offsets"),
+    [
+        ("2024-10-27T02:30:00", ("+02:00", "+01:00")),  # repeated as summer time ends
+        ("2024-03-31T02:30:00", ("+01:00", "+02:00")),  # skipped as summer time starts
+    ],
+)
+def test_an_ambiguous_local_time_is_refused_with_its_own_offsets(
+    text: str, offsets: tuple[str, str]
+) -> None:
+    """Found in review: a repeated time in October was told to write 2024-03-31T03:30:00+02:00."""
+    with pytest.raises(ValueError, match="does not happen exactly once") as refused:
+        parse_time(text, "Europe/Madrid")
+    message = str(refused.value)
+    assert f"{text}{offsets[0]} or {text}{offsets[1]}" in message
+    assert "2024-03-31T03:30:00" not in message
+    for offset in offsets:  # each suggestion is accepted as written
+        assert parse_time(text + offset, "Europe/Madrid")
