@@ -53,6 +53,7 @@ from .planner import (
     Plan,
     Shard,
     format_time,
+    format_window,
     parse_duration,
     parse_time,
     parse_window,
@@ -470,10 +471,13 @@ class Settings(BaseSettings):
         if isinstance(size, tuple):
             size = Calendar(size[0], size[1], zone, align or Align.CALENDAR)
         elif align is Align.CALENDAR:
+            # Name the window it clashes with: an inherited align meets one flow's own size.
+            window = name("window").rsplit(": ", 1)[-1]
             raise ConfigError(
                 name("align"),
-                "calendar needs a calendar window size (1d, 1w, 1mo, 1q, 1y); a fixed size "
-                "such as 6h or 24h is cut from the range's start: drop the option or use 1d",
+                "calendar needs a calendar window size (1d, 1w, 1mo, 1q, 1y), and "
+                f"{window} is {format_window(size)}, a fixed size cut from the range's start: "
+                "drop the option or use a calendar size such as 1d",
             )
         return FlowPlan.single(flow.id, start, end, size, flow.delta_column, zone)
 

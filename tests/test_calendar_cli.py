@@ -258,3 +258,21 @@ async def test_a_window_longer_than_the_planned_span_is_a_usage_error(tmp_path: 
     )
     assert widest.code == 0, widest.stderr
     assert len(widest.stdout.splitlines()) == 1
+
+
+async def test_an_inherited_calendar_align_names_the_flow_whose_window_is_fixed(
+    tmp_path: Path,
+) -> None:
+    # Found in review: a top-level align = "calendar" over a flow of 6h windows was refused as
+    # "align: ... drop the option or use 1d", without saying which flow's window clashed.
+    config = tmp_path / "align.toml"
+    config.write_text(
+        'start = "2024-01-01"\nend = "2024-03-01"\nwindow = "1mo"\nalign = "calendar"\n'
+        f'[[flows]]\nid = "{FLOW_TABLE}"\n'
+        f'[[flows]]\nid = "{FLOW_FILE}"\nwindow = "6h"\n'
+    )
+    result = await run_cli(["plan", "--config", str(config)], cli_env(None), tmp_path)
+    assert result.code == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "align.toml: align: calendar needs a calendar window size" in result.stderr
+    assert "flows[1].window is 6h, a fixed size" in result.stderr
