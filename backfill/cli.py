@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import signal
 import sys
@@ -26,7 +27,11 @@ from typing import Any, NoReturn
 import orjson
 
 from . import __version__
-from .logs import configure, scrubber  # first: it loads structlog without rich (see logs.py)
+from .logs import (  # first: it loads structlog without rich (see logs.py)
+    configure,
+    scrubber,
+    silence_stdout,
+)
 
 # isort: split
 from .engine import OnFailure, RetryMode
@@ -65,8 +70,13 @@ class _Parser(argparse.ArgumentParser):
 _errors_as_json: bool | None = None
 
 
+_LONGEST_MESSAGE = 2000  # a value pasted by mistake must not become a megabyte error line
+
+
 def _fail(message: str, code: int) -> NoReturn:
     message = scrubber.scrub(message)
+    if len(message) > _LONGEST_MESSAGE:
+        message = f"{message[: _LONGEST_MESSAGE - 30]}... ({len(message):,} characters)"
     as_json = _errors_as_json if _errors_as_json is not None else not sys.stderr.isatty()
     if as_json:
         line = orjson.dumps(
@@ -196,7 +206,7 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     _flag(
         how,
         "grace",
-        "seconds in-flight requests get after SIGTERM/SIGINT (default 20)",
+        "seconds in-flight requests get after SIGTERM/SIGINT/SIGHUP (default 20)",
         metavar="S",
     )
     runs = parser.add_argument_group("following runs")
@@ -278,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "planned windows, a rate limit, a checkpoint, exactly once.",
         epilog="Exit codes: 0 done, 1 windows failed for good, 2 usage/configuration, "
         "3 checkpoint refused, 74 checkpoint unwritable, 75 service unavailable (resumable), "
-        "130/143 interrupted (resumable).",
+        "129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (resumable).",
     )
     parser.add_argument("--version", action="version", version=f"backfill {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -335,16 +345,35 @@ _NOT_SETTINGS = {
 
 
 def _terminated(signum: int, frame: object) -> None:
-    # Until the run installs its graceful handler, SIGTERM ends the process at once: nothing
-    # has been sent yet. (As PID 1 in a container, an unhandled SIGTERM would be ignored.)
-    raise SystemExit(ExitCode.SIGTERM)
+    # Until the run installs its graceful handler, SIGTERM (or SIGHUP) ends the process at
+    # once: nothing has been sent yet. (As PID 1 in a container, an unhandled SIGTERM would be
+    # ignored.)
+    raise SystemExit(ExitCode.SIGHUP if signum == signal.SIGHUP else ExitCode.SIGTERM)
+
+
+def _standard_streams() -> None:
+    """Started with stdout or stderr closed (``>&-``), a process would hand out descriptor 1
+    or 2 to the next file it opens -- the checkpoint -- and Python would have ``None`` for the
+    stream. Both are filled with /dev/null first: that output goes nowhere, nothing fails."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _standard_streams()
     global _errors_as_json  # noqa: PLW0603 - one process, one way of printing errors
     wanted = requested_log_format({})  # BACKFILL_LOG_FORMAT holds for usage errors too
     _errors_as_json = None if wanted is None else wanted == "json"
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["emulator"]:
         from .emulator.cli import main as emulator_main  # noqa: PLC0415 - only when asked
@@ -442,19 +471,12 @@ def _dispatch(
     checkpoints: list[str],
     json_lines: bool,
 ) -> ExitCode:
-    if command == "plan":
-        return plan_command(settings, as_json=bool(namespace.get("json")))
-    if command == "status":
-        return asyncio.run(
-            status_command(
-                settings,
-                find_checkpoints(settings, checkpoints),
-                as_json=bool(namespace.get("json")),
-                refresh=bool(namespace.get("refresh")),
-                html=namespace.get("html"),
-                patterns=checkpoints or [settings.checkpoint],
-            )
-        )
+    if command in ("plan", "status"):
+        try:
+            return _print(command, settings, namespace, checkpoints)
+        except BrokenPipeError:  # the reader went away (| head): what it wanted, it has
+            silence_stdout()
+            return ExitCode.OK
     if namespace.get("dry_run"):
         return asyncio.run(
             dry_run_command(
@@ -472,6 +494,24 @@ def _dispatch(
             from_checkpoint=command == "retry",
             json_lines=json_lines,
             live=live,
+        )
+    )
+
+
+def _print(
+    command: str, settings: Settings, namespace: dict[str, Any], checkpoints: list[str]
+) -> ExitCode:
+    """``plan`` and ``status``: their output is their work."""
+    if command == "plan":
+        return plan_command(settings, as_json=bool(namespace.get("json")))
+    return asyncio.run(
+        status_command(
+            settings,
+            find_checkpoints(settings, checkpoints),
+            as_json=bool(namespace.get("json")),
+            refresh=bool(namespace.get("refresh")),
+            html=namespace.get("html"),
+            patterns=checkpoints or [settings.checkpoint],
         )
     )
 

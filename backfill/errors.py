@@ -7,7 +7,9 @@ BackfillError
  |    +-- CheckpointMissing .... there is none where one must be (retry, status)
  |    +-- CheckpointCorrupt .... a line in the middle does not parse, or the header is wrong
  |    +-- PlanMismatch ......... it was written for another plan
+ |    +-- CheckpointStale ...... an older copy was put back where a newer one was written
  +-- CheckpointWriteError ...... it cannot be written: disk full, read-only (exit 74)
+ |    +-- CheckpointLost ....... removed, replaced or truncated under the running process
  +-- ApiUnavailable ............ retryable errors went on past every retry, or the service
  |                                asked for a pause longer than --max-retry-after (exit 75)
  +-- RequestNotSent ............ the backfill stopped before this request got its permit
@@ -42,6 +44,7 @@ class ExitCode(IntEnum):
     DUPLICATES = 4  # the service holds more than one live run for some window
     CHECKPOINT_UNWRITABLE = 74  # sysexits EX_IOERR
     API_UNAVAILABLE = 75  # sysexits EX_TEMPFAIL: run again later to resume
+    SIGHUP = 129  # 128 + the signal's number, as a shell reports it
     SIGINT = 130
     SIGTERM = 143
 
@@ -108,7 +111,7 @@ class CheckpointCorrupt(CheckpointError):
         where = f"{path}:{line}" if line is not None else path
         super().__init__(
             f"checkpoint {where} is corrupt: {problem}; it was left untouched "
-            "(restore it from a backup, or move it aside to start over)"
+            "(restore the newest copy from a backup, or move it aside to start over)"
         )
         self.path = path
         self.line = line
@@ -129,6 +132,18 @@ class PlanMismatch(CheckpointError):
         self.differences = differences
 
 
+class CheckpointStale(CheckpointError):
+    """The checkpoint holds fewer records than this host last wrote to it: an older copy."""
+
+    def __init__(self, path: str, holds: int, written: int, sidecar: str) -> None:
+        super().__init__(
+            f"checkpoint {path} is an older copy: it holds {holds:,} records, but {written:,} "
+            "were written to it here; windows recorded since could be sent twice. Put the "
+            f"newest copy back; to continue from this one anyway, delete {sidecar}"
+        )
+        self.path = path
+
+
 class CheckpointWriteError(BackfillError):
     """Writing or syncing the checkpoint failed; what was recorded before is intact."""
 
@@ -141,6 +156,20 @@ class CheckpointWriteError(BackfillError):
             "then run the same command again to resume"
         )
         self.path = path
+
+
+class CheckpointLost(CheckpointWriteError):
+    """The open checkpoint is no longer the file its path names: nothing more is sent."""
+
+    def __init__(self, path: str, what: str) -> None:
+        BackfillError.__init__(
+            self,
+            f"checkpoint {path} {what} while this run was using it; the run stopped and sent "
+            "nothing more. Put the checkpoint back (the newest copy) and run the same command "
+            "again",
+        )
+        self.path = path
+        self.what = what
 
 
 class ApiError(BackfillError):

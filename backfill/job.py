@@ -59,6 +59,13 @@ CONFIRM_ABOVE = 1000
 
 log = structlog.get_logger("backfill")
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_EXITS = {
+    signal.SIGINT: ExitCode.SIGINT,
+    signal.SIGTERM: ExitCode.SIGTERM,
+    signal.SIGHUP: ExitCode.SIGHUP,
+}
+
 
 def plan_command(settings: Settings, *, as_json: bool, out: Any = None) -> ExitCode:
     """Print the plan: one JSON object per window, or a line per flow."""
@@ -112,6 +119,7 @@ async def run_command(
             "'ignore' sends windows the service may already have runs for, which ingests them "
             "twice; add --yes to confirm, or leave it at 'adopt'",
         )
+    settings.check_run_paths(existing=from_checkpoint)
     _register_secrets(settings)
     requested = _requested_plan(settings, from_checkpoint=from_checkpoint)
     if requested is not None:
@@ -421,7 +429,7 @@ async def _run(
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -469,7 +477,10 @@ def _install_signals(
     work: asyncio.Future[Outcome],
     grace: float,
 ) -> None:
-    """SIGTERM/SIGINT: stop taking windows, give requests in flight ``grace`` seconds."""
+    """SIGTERM/SIGINT/SIGHUP: stop taking windows, give requests in flight ``grace`` seconds.
+
+    SIGHUP (a closed terminal, some supervisors) is a stop like SIGTERM, not a sudden death.
+    """
 
     def on_signal(sig: signal.Signals) -> None:
         if received and sig is signal.SIGINT:
@@ -480,7 +491,7 @@ def _install_signals(
             engine.stop(f"received {sig.name}")
             loop.call_later(grace, work.cancel)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
@@ -858,7 +869,7 @@ def _exit_code(
     if duplicates:
         return ExitCode.DUPLICATES
     if received:
-        return ExitCode.SIGTERM if received[0] is signal.SIGTERM else ExitCode.SIGINT
+        return _SIGNAL_EXITS[received[0]]
     counts = snapshot.counts
     if counts[WindowState.FAILED] or outcome.stopped is not None:
         return ExitCode.WINDOWS_FAILED
@@ -874,6 +885,7 @@ def _outcome_word(code: ExitCode) -> str:
         ExitCode.DUPLICATES: "finished with duplicate runs at the service",
         ExitCode.SIGINT: "interrupted",
         ExitCode.SIGTERM: "interrupted",
+        ExitCode.SIGHUP: "interrupted",
     }.get(code, "stopped on an error")
 
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import os
 import queue
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,11 +42,11 @@ import structlog
 
 from .errors import (
     CheckpointCorrupt,
-    CheckpointLocked,
     CheckpointMissing,
     CheckpointWriteError,
     PlanMismatch,
 )
+from .owner import Owner, Pulled, check_kind, lock_new_file, sidecar_path
 from .planner import Plan, Window
 from .state import MOVES, IllegalTransition, WindowState, check_transition
 
@@ -274,7 +274,7 @@ class Journal:
         plan: Plan,
         *,
         fd: int | None,
-        lock_fd: int | None,
+        owner: Owner | None,
         group_commit: bool = True,
         durable: bool = True,
         wall: Callable[[], float] = time.time,
@@ -283,7 +283,7 @@ class Journal:
         self.plan = plan
         self._planned = plan.count()
         self._fd = fd
-        self._lock_fd = lock_fd
+        self._owner = owner
         self._group_commit = group_commit
         self._durable = durable
         self._wall = wall
@@ -320,21 +320,25 @@ class Journal:
         ``readonly`` takes no lock and never writes: a running backfill may hold the lock.
         """
         path = Path(path)
-        lock_fd = None if readonly else _lock(path)
+        if readonly:
+            check_kind(path)  # a FIFO would hang the read, a device is no checkpoint
+            owner = None
+        else:
+            owner = Owner.acquire(path, create=requested is not None)
         try:
             return cls._open_locked(
                 path,
                 requested,
                 extend=extend,
                 readonly=readonly,
-                lock_fd=lock_fd,
+                owner=owner,
                 group_commit=group_commit,
                 durable=durable,
                 wall=wall,
             )
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if owner is not None:
+                owner.release(abandon=True)
             raise
 
     @classmethod
@@ -345,7 +349,7 @@ class Journal:
         *,
         extend: bool,
         readonly: bool,
-        lock_fd: int | None,
+        owner: Owner | None,
         group_commit: bool,
         durable: bool,
         wall: Callable[[], float],
@@ -354,10 +358,10 @@ class Journal:
         if scan is None or scan.header is None:
             if requested is None:
                 raise CheckpointMissing(str(path))
-            if readonly:
-                return cls(path, requested, fd=None, lock_fd=None, wall=wall)
+            if owner is None:
+                return cls(path, requested, fd=None, owner=None, wall=wall)
             torn = scan.torn_bytes if scan is not None else 0
-            journal = cls._create(path, requested, lock_fd, group_commit, durable, wall)
+            journal = cls._create(path, requested, owner, group_commit, durable, wall)
             journal.replay = Replay(0, torn, compacted=False, created=True, extended=False)
             return journal
 
@@ -380,13 +384,17 @@ class Journal:
         extended = plan is not recorded
 
         fd = None
-        if not readonly:
+        if owner is not None:
+            generation = scan.header.get("gen")
+            owner.check_not_older(generation, scan.sequence)
             if scan.torn_bytes:
                 _truncate(path, scan.good_bytes)
             fd = _open_append(path)
+            owner.reset_size()
+            owner.claim(generation, scan.sequence)
         try:
             return cls._replayed(
-                path, plan, scan, fd, lock_fd, group_commit, durable, wall, extended=extended
+                path, plan, scan, fd, owner, group_commit, durable, wall, extended=extended
             )
         except BaseException:
             if fd is not None:
@@ -400,7 +408,7 @@ class Journal:
         plan: Plan,
         scan: _Scan,
         fd: int | None,
-        lock_fd: int | None,
+        owner: Owner | None,
         group_commit: bool,
         durable: bool,
         wall: Callable[[], float],
@@ -412,7 +420,7 @@ class Journal:
             path,
             plan,
             fd=fd,
-            lock_fd=lock_fd,
+            owner=owner,
             group_commit=group_commit,
             durable=durable,
             wall=wall,
@@ -423,7 +431,11 @@ class Journal:
         if not readonly:
             if extended:
                 journal._write_now(_plan_record(plan, "plan"))
-            if scan.lines > _COMPACT_RATIO * len(scan.index.windows) + _COMPACT_SLACK:
+            if (
+                scan.lines > _COMPACT_RATIO * len(scan.index.windows) + _COMPACT_SLACK
+                and owner is not None
+                and owner.replaceable()
+            ):
                 journal._compact()
                 compacted = True
         journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
@@ -434,25 +446,34 @@ class Journal:
         cls,
         path: Path,
         plan: Plan,
-        lock_fd: int | None,
+        owner: Owner,
         group_commit: bool,
         durable: bool,
         wall: Callable[[], float],
     ) -> Journal:
+        # The header is written into the locked file itself (a rename would put an unlocked
+        # file in its place). A crash mid-write leaves a torn header: a file with no records.
+        generation = uuid.uuid4().hex
+        header = _plan_record(plan, None) | {"created": int(wall()), "gen": generation, "seq": 0}
+        fd = _open_append(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.new")
-            _write_file(tmp, _plan_record(plan, None) | {"created": int(wall())})
-            os.replace(tmp, path)
+            os.ftruncate(fd, 0)  # a torn header of an earlier attempt
+            os.write(fd, orjson.dumps(header) + b"\n")
+            os.fsync(fd)
             _fsync_dir(path.parent)
-            fd = _open_append(path)
+            owner.reset_size()
+            owner.claim(generation, 0)
         except OSError as exc:
+            os.close(fd)
             raise CheckpointWriteError(str(path), exc) from exc
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(
             path,
             plan,
             fd=fd,
-            lock_fd=lock_fd,
+            owner=owner,
             group_commit=group_commit,
             durable=durable,
             wall=wall,
@@ -614,12 +635,9 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._lock_fd is not None:
-            # A lock file names its holder only while it is held (status reads it).
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._lock_fd, 0)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
 
     def _append(
         self,
@@ -709,7 +727,7 @@ class Journal:
     def _written(self, waiters: list[asyncio.Future[None]], error: OSError | None) -> None:
         self._writing = False
         if error is not None:
-            self._failure = CheckpointWriteError(str(self.path), error)
+            self._failure = _write_error(self.path, error)
             log.error("checkpoint_write_failed", path=str(self.path), error=str(error))
             for waiter in (*waiters, *self._waiters):
                 if not waiter.done():
@@ -731,6 +749,8 @@ class Journal:
         fd = self._fd
         if fd is None:
             raise OSError("checkpoint closed")
+        if self._owner is not None:
+            self._owner.watch(fd)  # removed, replaced or truncated under us: not one byte more
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
@@ -738,20 +758,33 @@ class Journal:
         if self._durable:
             os.fsync(fd)
         self.syncs += 1
+        if self._owner is not None:
+            self._owner.wrote(data)
 
     def _write_now(self, record: dict[str, Any]) -> None:
         """Synchronous append, only while opening (before any task writes)."""
         try:
             self._write_sync(orjson.dumps(record) + b"\n")
         except OSError as exc:
-            raise CheckpointWriteError(str(self.path), exc) from exc
+            raise _write_error(self.path, exc) from exc
 
     # ---------------------------------------------------------------- compaction
 
     def _compact(self) -> None:
         """Rewrite the file as header + one snapshot per window, atomically."""
-        tmp = self.path.with_name(f".{self.path.name}.compact")
-        header = _plan_record(self.plan, None) | {"created": int(self._wall()), "compacted": True}
+        # Beside the file itself, not a symlink to it: the link keeps leading to the checkpoint.
+        target = Path(os.path.realpath(self.path))
+        tmp = target.with_name(f".{target.name}.compact")
+        owner = self._owner
+        assert owner is not None, "only an owner compacts"
+        generation = owner.generation or uuid.uuid4().hex
+        header = _plan_record(self.plan, None) | {
+            "created": int(self._wall()),
+            "compacted": True,
+            "gen": generation,
+            "seq": owner.sequence,
+        }
+        lock = None
         try:
             with open(tmp, "wb") as out:
                 os.fchmod(out.fileno(), 0o600)
@@ -763,12 +796,19 @@ class Journal:
                         out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            # Locked before it takes the name: no moment when the path names an unlocked file.
+            lock = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            lock_new_file(lock)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if lock is not None:
+                os.close(lock)
             raise CheckpointWriteError(str(self.path), exc) from exc
+        owner.replaced(lock)
+        owner.claim(generation, owner.sequence)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = _open_append(self.path)
@@ -814,8 +854,17 @@ class _Scan:
         self.plan: Plan
         self.index = _Index()
         self.lines = 0
+        self.snapshots = 0
         self.good_bytes = 0
         self.torn_bytes = 0
+
+    @property
+    def sequence(self) -> int:
+        """Records ever appended to this file's lineage (snapshots and the header not counted)."""
+        assert self.header is not None
+        base = self.header.get("seq")
+        base = base if type(base) is int else 0
+        return base + self.lines - 1 - self.snapshots
 
     @classmethod
     def read(cls, path: Path) -> _Scan:
@@ -965,6 +1014,7 @@ class _Scan:
             key = (flow << _SHIFT) | start
             self.index.apply(key, record, _INDEX_OF[record["st"]])
             self.index.note(key, record)
+            self.snapshots += 1
         elif kind == "note":
             flow = record["f"]
             start = record["s"]
@@ -1013,6 +1063,11 @@ def _plan_record(plan: Plan, kind: str | None) -> dict[str, Any]:
     return head | {"fingerprint": plan.fingerprint(), "plan": plan.to_json()}
 
 
+def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
+    """The error a failed write is reported as (the watch's own says what happened)."""
+    return exc.lost if isinstance(exc, Pulled) else CheckpointWriteError(str(path), exc)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"a record lacks the field {exc}"
@@ -1049,7 +1104,7 @@ def holder(path: Path) -> Holder | None:
     """Who holds the checkpoint's lock, if anyone: a lock file left by a crash on this host
     names a process that no longer exists, and counts as no holder."""
     try:
-        raw = path.with_name(path.name + ".lock").read_bytes()
+        raw = sidecar_path(path).read_bytes()
     except OSError:
         return None
     found = _parse_holder(raw)
@@ -1059,6 +1114,7 @@ def holder(path: Path) -> Holder | None:
 
 
 def _parse_holder(raw: bytes) -> Holder | None:
+    """The sidecar's holder, if it names one (between runs it keeps only gen and seq)."""
     text = raw.strip()
     if text.isdigit():  # the first format: the pid alone
         return Holder(int(text), socket.gethostname(), 0.0)
@@ -1069,44 +1125,11 @@ def _parse_holder(raw: bytes) -> Holder | None:
         return None
 
 
-def _lock(path: Path) -> int:
-    """Take the checkpoint's exclusive lock, or say which process holds it."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise CheckpointWriteError(str(path), exc) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            found = _parse_holder(os.pread(fd, 512, 0))
-        finally:
-            os.close(fd)
-        raise CheckpointLocked(
-            str(path), found.pid if found else None, found.host if found else None
-        ) from None
-    os.ftruncate(fd, 0)
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": round(time.time(), 3)}
-    os.pwrite(fd, orjson.dumps(record) + b"\n", 0)
-    return fd
-
-
 def _open_append(path: Path) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except OSError as exc:
         raise CheckpointWriteError(str(path), exc) from exc
-
-
-def _write_file(path: Path, header: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, orjson.dumps(header) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _truncate(path: Path, size: int) -> None:

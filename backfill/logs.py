@@ -6,11 +6,13 @@ masked, and any registered secret value is cut out of every string, wherever it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import orjson
 
@@ -37,7 +39,15 @@ _import_structlog_without_rich()
 import structlog  # noqa: E402 - after the function above
 from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
-__all__ = ["SecretScrubber", "configure", "json_mode", "register_secret"]
+__all__ = [
+    "BestEffortStream",
+    "SecretScrubber",
+    "best_effort",
+    "configure",
+    "json_mode",
+    "register_secret",
+    "silence_stdout",
+]
 
 _SENSITIVE_KEYS = frozenset(
     {"authorization", "access_token", "client_secret", "token", "secret", "password"}
@@ -137,7 +147,7 @@ def configure(
         # it while it runs, so log lines print above the display instead of through it. The
         # printer of each stream is made once (a logger is bound at every call, even a
         # filtered one: building a printer each time cost the engine microseconds a window).
-        out = stream or (sys.stdout if _json else sys.stderr)
+        out = stream or best_effort(sys.stdout if _json else sys.stderr)
         known = printers.get(id(out))
         if known is None or known[0] is not out:
             known = printers[id(out)] = (out, structlog.PrintLogger(out))
@@ -162,6 +172,69 @@ def _iso_window(logger: WrappedLogger, name: str, event: EventDict) -> EventDict
 
 def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BestEffortStream:
+    """A stream for logs, progress and the summary: a closed pipe (``| head``) or a full
+    device loses lines, never the run. The exit code reflects the windows, not the reader."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if self._stream is not _silenced.get(id(self._stream)):
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                _silence(self._stream)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._stream is not _silenced.get(id(self._stream)):
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                _silence(self._stream)
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
+def best_effort(stream: TextIO) -> TextIO:
+    """``stream`` wrapped so that writing to it can never fail (see ``BestEffortStream``).
+
+    One wrapper per stream, so that structlog's per-file lock is one lock per stream too.
+    """
+    known = _wrappers.get(id(stream))
+    if known is None or known[0] is not stream:
+        known = _wrappers[id(stream)] = (stream, cast(TextIO, BestEffortStream(stream)))
+    return known[1]
+
+
+_wrappers: dict[int, tuple[TextIO, TextIO]] = {}
+
+
+_silenced: dict[int, TextIO] = {}
+
+
+def _silence(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null: later writes, and the interpreter's last
+    flush at exit (which would turn the exit code into 120), go nowhere, quietly."""
+    _silenced[id(stream)] = stream
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
+
+
+def silence_stdout() -> None:
+    """stdout can no longer be written (its reader went away): send the rest nowhere."""
+    _silence(sys.stdout)
 
 
 def _drop_empty(logger: WrappedLogger, name: str, event: MutableMapping[str, Any]) -> Any:

@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from .journal import Entry, Journal
+from .logs import best_effort
 from .planner import FlowPlan, Order, Plan, Shard, Window, format_time
 from .state import LABELS, WindowState
 
@@ -160,7 +161,7 @@ def print_summary(
         return
     from rich.console import Console  # noqa: PLC0415 - rich only for a terminal
 
-    console = Console(file=stream or sys.stdout)
+    console = Console(file=stream or best_effort(sys.stdout))
     title = f"backfill {outcome} after {_duration(snapshot.elapsed)}"
     console.print(_table(snapshot, title))
     console.print(

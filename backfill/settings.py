@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
@@ -42,11 +44,12 @@ from pydantic_settings import (
 from yarl import URL
 
 from .auth import DEFAULT_SCOPES, IMS_URL
-from .calendar import Align, Calendar, check_zone
+from .calendar import LONGEST, Align, Calendar, check_zone
 from .client import PRODUCTION_URL
 from .engine import ExistingRuns, OnFailure, RetryMode
 from .errors import ConfigError
 from .limits import Rate
+from .paths import describe_kind, path_problem, shown, text_problem, write_target_problem
 from .planner import (
     FlowPlan,
     Order,
@@ -69,17 +72,58 @@ _ORG_ID = re.compile(r"[A-Za-z0-9]+@AdobeOrg")
 _SANDBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SECRETS = ("access_token", "client_secret")
 
+# Bounds of every number (README, "Options"): past them a value is a typo, not a wish.
+_MAX_RATE = 1_000_000.0  # requests a second; Flow Service allows far fewer (the emulator more)
+_MIN_RATE = 1 / 86_400  # one a day
+_MAX_WINDOW = 366 * 86_400 * 10  # ten years
+_MAX_SHARDS = 10_000
+_CONFIG_BYTES = 1 << 20  # a config file larger than this is not a config file
+_CONFIG_DEPTH = 16  # tables and arrays nested deeper than this are not options
+_SECRET_FILE_BYTES = 64 << 10
+
+
+def _not_bool(value: Any) -> Any:
+    """TOML's ``true`` is not 1: a boolean where a number or text belongs is refused."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean; give a number or a text value")
+    return value
+
+
+def _bool_only(value: Any) -> Any:
+    """A switch is true or false (``"true"``/``"1"`` from the environment), never a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} is a number; give true or false")
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """A float where a whole number belongs is refused rather than truncated or overflowed."""
+    _not_bool(value)
+    if isinstance(value, float):
+        raise ValueError(f"{shown(value)} is not a whole number")
+    return value
+
 
 def _rate(value: Any) -> Any:
+    _not_bool(value)
     if isinstance(value, str):
-        return Rate.parse(value)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return Rate(float(value))
-    return value
+        rate = Rate.parse(value)
+    elif isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{shown(value)} is not a positive finite rate; write e.g. 10/s")
+        rate = Rate(float(value))
+    else:
+        return value
+    if not _MIN_RATE <= rate.per_second <= _MAX_RATE:
+        raise ValueError(
+            f"{shown(value)} is outside 1/day .. {_MAX_RATE:,.0f}/s; write e.g. 10/s or 600/min"
+        )
+    return rate
 
 
 def _seconds(value: Any) -> Any:
     """A duration as ``30s``/``2m`` or a number of seconds."""
+    _not_bool(value)
     if isinstance(value, str) and value.strip() and value.strip()[-1] in "smhdw":
         return float(parse_duration(value))
     return value
@@ -96,8 +140,11 @@ def _time_value(value: Any) -> Any:
     return value
 
 
-TimeOption = Annotated[str | int | None, BeforeValidator(_time_value)]
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+TimeOption = Annotated[str | int | None, BeforeValidator(_time_value), BeforeValidator(_integral)]
+WindowOption = Annotated[str | int | None, BeforeValidator(_integral)]
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0, allow_inf_nan=False)]
+Count = Annotated[int, BeforeValidator(_integral)]
+Switch = Annotated[bool, BeforeValidator(_bool_only)]
 
 
 class FlowConfig(BaseModel):
@@ -108,7 +155,7 @@ class FlowConfig(BaseModel):
     id: str
     start: TimeOption = None
     end: TimeOption = None
-    window: str | int | None = None
+    window: WindowOption = None
     delta_column: str | None = None
     timezone: str | None = None
     align: Align | None = None
@@ -117,6 +164,11 @@ class FlowConfig(BaseModel):
     @classmethod
     def _zone_shape(cls, value: str | None) -> str | None:
         return None if value is None else check_zone(value)
+
+    @field_validator("delta_column")
+    @classmethod
+    def _column_shape(cls, value: str | None) -> str | None:
+        return _check_column(value)
 
 
 _config_data: ContextVar[dict[str, Any] | None] = ContextVar("backfill_config_data", default=None)
@@ -151,14 +203,14 @@ class Settings(BaseSettings):
     client_secret_file: Path | None = None
     scopes: str = DEFAULT_SCOPES
     ims_url: str = IMS_URL
-    connect_timeout: Seconds = 10.0
-    request_timeout: Seconds = 60.0
+    connect_timeout: Annotated[Seconds, Field(le=600)] = 10.0
+    request_timeout: Annotated[Seconds, Field(le=3600)] = 60.0
 
     # What to backfill: one flow from flags/environment, or [[flows]] in the config file
     flow_id: str | None = None
     start: TimeOption = None
     end: TimeOption = None
-    window: str | int | None = None
+    window: WindowOption = None
     delta_column: str | None = None
     timezone: str = "UTC"
     align: Align | None = None  # default: calendar for calendar sizes, start for fixed ones
@@ -167,28 +219,34 @@ class Settings(BaseSettings):
     # How
     checkpoint: str = "backfill-checkpoint.jsonl"
     rate: RateOption = Rate(10.0)
-    concurrency: int = Field(16, ge=1, le=1024)
+    concurrency: Count = Field(16, ge=1, le=1024)
     order: Order = Order.OLDEST_FIRST
-    extend: bool = False
+    extend: Switch = False
 
     # Following runs
-    wait: bool = False
-    max_active_runs: int | None = Field(None, ge=1)
-    max_attempts: int = Field(3, ge=1, le=100)
+    wait: Switch = False
+    max_active_runs: Count | None = Field(None, ge=1, le=100_000)
+    max_attempts: Count = Field(3, ge=1, le=100)
     retry_mode: RetryMode = RetryMode.RETRIGGER
     on_failure: OnFailure = OnFailure.CONTINUE
-    poll_interval: Seconds = 10.0
-    reconcile_delay: float = Field(2.0, ge=0)
-    reconcile_settle: float = Field(60.0, ge=0, le=86400)
+    poll_interval: Annotated[Seconds, Field(ge=0.05, le=3600)] = 10.0
+    reconcile_delay: Annotated[float, BeforeValidator(_not_bool)] = Field(
+        2.0, ge=0, le=600, allow_inf_nan=False
+    )
+    reconcile_settle: Annotated[float, BeforeValidator(_not_bool)] = Field(
+        60.0, ge=0, le=86400, allow_inf_nan=False
+    )
     existing_runs: ExistingRuns = ExistingRuns.ADOPT
 
     # Failures
-    max_retries: int = Field(10, ge=0, le=1000)
-    backoff_max: Seconds = 30.0
-    max_retry_after: Seconds = 900.0
+    max_retries: Count = Field(10, ge=0, le=1000)
+    backoff_max: Annotated[Seconds, Field(le=3600)] = 30.0
+    max_retry_after: Annotated[Seconds, Field(le=86_400)] = 900.0
 
     # Stopping
-    grace: float = Field(20.0, ge=0)
+    grace: Annotated[float, BeforeValidator(_not_bool)] = Field(
+        20.0, ge=0, le=3600, allow_inf_nan=False
+    )
 
     # Asking: --yes answers the questions a terminal would be asked (more than 1,000 runs) and
     # confirms what may ingest twice (--existing-runs ignore)
@@ -198,18 +256,19 @@ class Settings(BaseSettings):
     report: Path | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    progress_interval: Seconds = 10.0
+    progress_interval: Annotated[Seconds, Field(ge=0.1, le=86_400)] = 10.0
 
     # Scale-out
     shard: str | None = None
-    shard_count: int | None = Field(None, ge=1)
-    job_completion_index: int | None = Field(
+    shard_count: Count | None = Field(None, ge=1, le=_MAX_SHARDS)
+    job_completion_index: Count | None = Field(
         None,
         ge=0,
+        le=_MAX_SHARDS,
         validation_alias=AliasChoices("job_completion_index", "JOB_COMPLETION_INDEX"),
     )
     rate_per_shard: RateOption | None = None
-    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_port: Count | None = Field(None, ge=0, le=65535)
     metrics_file: Path | None = None
 
     # Where each value given came from, as the user would name it: "--rate",
@@ -238,12 +297,18 @@ class Settings(BaseSettings):
     @field_validator("base_url", "ims_url")
     @classmethod
     def _safe_url(cls, value: str) -> str:
-        url = URL(value)
+        problem = text_problem(value, limit=2048)
+        if problem is not None:
+            raise ValueError(problem)
+        try:
+            url = URL(value)
+        except ValueError:
+            raise ValueError(f"{shown(value)} is not a URL") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{value!r} is not an http(s) URL")
+            raise ValueError(f"{shown(value)} is not an http(s) URL")
         if url.scheme == "http" and not _loopback(url.host):
             raise ValueError(
-                f"{value!r} is plain http to a non-loopback host; use https "
+                f"{shown(value)} is plain http to a non-loopback host; use https "
                 "(http is only for the local emulator on 127.0.0.1)"
             )
         return value.rstrip("/")
@@ -261,18 +326,57 @@ class Settings(BaseSettings):
     def _zone_shape(cls, value: str) -> str:
         return check_zone(value)
 
+    @field_validator("access_token", "client_secret")
+    @classmethod
+    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # It goes into a header (or a form): a newline would split it. Never shown.
+        if value is not None:
+            _check_header_value(value.get_secret_value(), secret=True)
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_shape(cls, value: str) -> str:
+        _check_header_value(value, secret=False, spaces=True)
+        return value
+
+    @field_validator("delta_column")
+    @classmethod
+    def _column_shape(cls, value: str | None) -> str | None:
+        return _check_column(value)
+
+    @field_validator(
+        "checkpoint",
+        "report",
+        "metrics_file",
+        "access_token_file",
+        "client_secret_file",
+        mode="before",
+    )
+    @classmethod
+    def _path_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            problem = path_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @field_validator("org_id")
     @classmethod
     def _org_shape(cls, value: str | None) -> str | None:
         if value is not None and not _ORG_ID.fullmatch(value):
-            raise ValueError(f"{value!r} is not an organization id; it looks like ABC123@AdobeOrg")
+            raise ValueError(
+                f"{shown(value)} is not an organization id; it looks like ABC123@AdobeOrg"
+            )
         return value
 
     @field_validator("api_key", "client_id")
     @classmethod
     def _token_shape(cls, value: str | None) -> str | None:
-        if value is not None and (not value or any(c.isspace() for c in value)):
-            raise ValueError("must be a non-empty value without spaces")
+        if value is not None:
+            if not value or any(c.isspace() for c in value):
+                raise ValueError("must be a non-empty value without spaces")
+            _check_header_value(value, secret=False)
         return value
 
     @field_validator("sandbox_name")
@@ -280,7 +384,7 @@ class Settings(BaseSettings):
     def _sandbox_shape(cls, value: str) -> str:
         if not _SANDBOX.fullmatch(value):
             raise ValueError(
-                f"{value!r} is not a sandbox name (letters, digits, - and _), e.g. prod"
+                f"{shown(value)} is not a sandbox name (letters, digits, - and _), e.g. prod"
             )
         return value
 
@@ -451,6 +555,9 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ConfigError(name(field), str(exc)) from None
         start, end = values["start"], values["end"]
+        size = values["window"]
+        if (size if isinstance(size, int) else size[0] * LONGEST[size[1]]) > _MAX_WINDOW:
+            raise ConfigError(name("window"), "is longer than ten years; use e.g. 1d or 1mo")
         if end <= start:
             # Blame the flow's own value over the one it inherited.
             own_start = flow.start is not None and flow.end is None
@@ -496,6 +603,27 @@ class Settings(BaseSettings):
                     "has no effect without --wait or --max-active-runs (failed runs are only "
                     "seen by following them); add --wait, or drop it",
                 )
+
+    def check_run_paths(self, *, existing: bool = False) -> None:
+        """Before a run opens anything: the checkpoint is a file (or none yet), and the files
+        written at the end (report, metrics) can be written, so no finished backfill fails on
+        its last step."""
+        shard = self.shard_spec()
+        checkpoint = self.checkpoint_path(existing=existing)
+        kind = describe_kind(checkpoint)
+        if kind is not None:
+            raise ConfigError(
+                self.source("checkpoint"),
+                f"{shown(str(checkpoint))} is {kind}; give the path of a regular file "
+                "(or of one to create)",
+            )
+        for name in ("report", "metrics_file"):
+            path = self.shard_path(getattr(self, name), shard)
+            if path is None:
+                continue
+            problem = write_target_problem(path)
+            if problem is not None:
+                raise ConfigError(self.source(name), f"{shown(str(path))} {problem}")
 
     def require_credentials(self) -> None:
         """The API options a command that talks to the service cannot do without."""
@@ -607,18 +735,42 @@ def _sources(
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    """The TOML file: a regular file of at most 1 MiB, UTF-8, not nested deeper than 16."""
+    problem = path_problem(str(path))
+    if problem is not None:
+        raise ConfigError(f"--config {shown(str(path))}", problem)
     field = f"--config {path}"
+    kind = describe_kind(path)
+    if kind is not None:
+        hint = "give the TOML file inside it" if kind == "a folder" else "give a TOML file"
+        raise ConfigError(field, f"is {kind}; {hint}")
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(field, "is not a regular file; give a TOML file")
+            raw = handle.read(_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(field, "no such file; check the path") from None
     except IsADirectoryError:
         raise ConfigError(field, "is a folder; give the TOML file inside it") from None
     except OSError as exc:
         raise ConfigError(field, f"cannot be read ({exc.strerror})") from None
+    if len(raw) > _CONFIG_BYTES:
+        raise ConfigError(field, f"is larger than {_CONFIG_BYTES >> 20} MiB; is it the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            field, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(field, f"is not valid TOML ({exc})") from None
+        raise ConfigError(field, f"is not valid TOML ({shown(str(exc))[1:-1]})") from None
+    except RecursionError:
+        raise ConfigError(field, "is nested too deeply to be a config file") from None
+    if _depth(data) > _CONFIG_DEPTH:
+        raise ConfigError(field, f"nests tables or arrays deeper than {_CONFIG_DEPTH} levels")
     known = _known_fields()
     for key in data:
         if key in _SECRETS:
@@ -629,7 +781,7 @@ def _read_config(path: Path) -> dict[str, Any]:
             )
         if key not in known:
             hint = did_you_mean(key, known) or " (see the README for the options)"
-            raise ConfigError(f"{path}: {key}", f"unknown option{hint}")
+            raise ConfigError(f"{path}: {shown(key)[1:-1]}", f"unknown option{hint}")
     _check_flow_tables(path, data.get("flows"))
     return data
 
@@ -659,22 +811,76 @@ def _check_flow_tables(path: Path, flows: Any) -> None:
             raise ConfigError(f"{path}: flows[{i}].id", "missing; give the flow's id (a UUID)")
 
 
+def _depth(value: Any) -> int:
+    """How deeply tables and arrays nest (without recursion: the input is not trusted)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > _CONFIG_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _read_secret_files(settings: Settings) -> Settings:
     updates: dict[str, SecretStr] = {}
     for name in _SECRETS:
         path: Path | None = getattr(settings, f"{name}_file")
         if path is None:
             continue
+        field = f"BACKFILL_{name.upper()}_FILE"
+        kind = describe_kind(path)
+        if kind is not None:
+            raise ConfigError(field, f"{shown(str(path))} is {kind}; give the secret's file")
         try:
-            value = path.read_text(encoding="utf-8").strip()
+            with path.open("rb") as handle:
+                raw = handle.read(_SECRET_FILE_BYTES + 1)
         except OSError as exc:
-            raise ConfigError(
-                f"BACKFILL_{name.upper()}_FILE", f"{path} cannot be read ({exc.strerror})"
-            ) from None
+            raise ConfigError(field, f"{path} cannot be read ({exc.strerror})") from None
+        if len(raw) > _SECRET_FILE_BYTES:
+            raise ConfigError(field, f"{path} is larger than 64 KiB; is it the right file?")
+        try:
+            value = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError(field, f"{path} is not UTF-8 text") from None
         if not value:
-            raise ConfigError(f"BACKFILL_{name.upper()}_FILE", f"{path} is empty")
+            raise ConfigError(field, f"{path} is empty")
+        try:
+            _check_header_value(value, secret=True)
+        except ValueError as exc:
+            raise ConfigError(field, f"{path}: {exc}") from None
         updates[name] = SecretStr(value)
-    return settings.model_copy(update=updates) if updates else settings
+    if not updates:
+        return settings
+    updated = settings.model_copy(update=updates)
+    updated._sources = settings._sources
+    return updated
+
+
+# Errors whose message makes sense only with the value that was given.
+_SHOW_INPUT = frozenset(
+    {
+        "int_parsing",
+        "float_parsing",
+        "bool_parsing",
+        "enum",
+        "literal_error",
+        "finite_number",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "int_from_float",
+        "string_type",
+        "int_type",
+        "float_type",
+        "bool_type",
+    }
+)
 
 
 def _config_error(
@@ -685,13 +891,13 @@ def _config_error(
 ) -> ConfigError:
     """The first problem, named the way the user wrote the option."""
     error = exc.errors(include_url=False)[0]
-    loc = [str(part) for part in error["loc"]]
+    loc = [shown(part)[1:-1] if isinstance(part, str) else str(part) for part in error["loc"]]
     field = loc[0] if loc else "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown option"
-    elif error["type"] in ("int_parsing", "float_parsing", "bool_parsing", "enum", "literal_error"):
-        message = f"{error.get('input')!r}: {message[0].lower()}{message[1:]}"
+    elif error["type"] in _SHOW_INPUT:
+        message = f"{shown(error.get('input'))}: {message[0].lower()}{message[1:]}"
     env_name = (
         "JOB_COMPLETION_INDEX" if field == "job_completion_index" else f"BACKFILL_{field.upper()}"
     )
@@ -708,19 +914,49 @@ def _config_error(
 
 
 def _parse_shard(text: str) -> Shard:
-    match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text)
+    match = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", text)
     if match is None:
-        raise ValueError(f"{text!r} is not a shard; write INDEX/COUNT, e.g. 0/4")
+        raise ValueError(f"{shown(text)} is not a shard; write INDEX/COUNT, e.g. 0/4")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or index >= count:
-        raise ValueError(f"{text!r}: the index must be below the count (0/4 .. 3/4)")
+        raise ValueError(f"{shown(text)}: the index must be below the count (0/4 .. 3/4)")
+    if count > _MAX_SHARDS:
+        raise ValueError(f"{shown(text)}: at most {_MAX_SHARDS:,} shards")
     return Shard(index, count)
+
+
+def _check_header_value(value: str, *, secret: bool, spaces: bool = False) -> None:
+    """Printable ASCII only: what goes into an HTTP header (or IMS's form) as it is."""
+    for position, char in enumerate(value):
+        if not (0x21 <= ord(char) <= 0x7E or (spaces and char == " ")):
+            what = (
+                "a control character"
+                if ord(char) < 0x20 or ord(char) == 0x7F
+                else "a space"
+                if char == " "
+                else "a non-ASCII character"
+            )
+            shown_value = "" if secret else f"{shown(value)} "
+            raise ValueError(
+                f"{shown_value}contains {what} at position {position}; "
+                "it must be printable ASCII (copy the value again, without line breaks)"
+            )
+    if len(value) > 16_384:
+        raise ValueError(f"is {len(value):,} characters long; at most 16,384 are accepted")
+
+
+def _check_column(value: str | None) -> str | None:
+    if value is not None:
+        problem = text_problem(value, limit=256)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
 
 
 def _check_flow_id(value: str) -> None:
     if not _FLOW_ID.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a flow id; flow ids are UUIDs like "
+            f"{shown(value)} is not a flow id; flow ids are UUIDs like "
             "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
         )
 

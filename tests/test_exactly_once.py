@@ -145,7 +145,8 @@ async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
 async def test_a_second_process_on_the_same_checkpoint_exits_3_at_once(tmp_path: Path) -> None:
     async with emulator(latency=0.05) as emu:
         env = cli_env(emu)
-        args = hourly_run(FLOW_FILE, 150, "--rate", "100/s")
+        # Slow enough (6 s) that the first outlives the second's start-up on a loaded machine.
+        args = hourly_run(FLOW_FILE, 150, "--rate", "25/s")
         first = await start_cli(args, env, tmp_path)
         await wait_for_runs(emu, 5)
         started = time.monotonic()

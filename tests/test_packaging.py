@@ -26,7 +26,7 @@ STATE_DIR = "/var/lib/backfill"
 CONFIG_KEY = "backfill.toml"
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_KEY|CLIENT_ID")
 # Exits that a new pod resumes from: failing the Job or the index on them would lose work.
-RETRYABLE = (74, 75, 130, 143)
+RETRYABLE = (74, 75, 129, 130, 143)
 NOT_RETRYABLE = (1, 2, 3)
 
 # ---------------------------------------------------------------- Dockerfile
