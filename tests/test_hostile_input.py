@@ -81,6 +81,7 @@ def _numbers() -> Iterator[Case]:
         "max_retries": ["-1", "1001", "1.5", "inf"],
         "backoff_max": ["0", "inf", "nan", "3601"],
         "max_retry_after": ["0", "inf", "86401"],
+        "reconcile_settle": ["-1", "inf", "nan", "86401"],
     }
     for option, values in seconds.items():
         flag = "--" + option.replace("_", "-")
@@ -103,6 +104,7 @@ def _numbers() -> Iterator[Case]:
         "max_retries": ["true", "1e3"],
         "backoff_max": ["inf", "true"],
         "max_retry_after": ["nan", "1e30"],
+        "reconcile_settle": ["true", "inf"],
         "wait": ["1", "1.5", '"maybe"'],
         "extend": ["0", '"yes please"'],
     }
