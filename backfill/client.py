@@ -18,8 +18,10 @@ import email.utils
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -49,6 +51,8 @@ __all__ = [
     "Permit",
     "RunInfo",
     "RunsApi",
+    "epoch_seconds",
+    "run_window",
 ]
 
 PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
@@ -57,6 +61,11 @@ PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
 # most this many times: a token revoked twice in a row is renewed, one refused as soon as it
 # is issued (wrong credentials, scopes or product profile) stops the run.
 _MAX_RENEWALS = 2
+
+# Ten digits of seconds reach the year 2286; milliseconds have 12 digits from 1973 on. A number
+# in between (11 digits) is neither with any confidence, so it is not read as a time.
+_MAX_SECONDS = 10**10
+_MIN_MILLISECONDS = 10**11
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +91,15 @@ class RunInfo:
 
     run_id: str
     flow_id: str
-    window_start: int | None
+    window_start: int | None  # unix seconds; None when the listing does not say (see run_window)
     window_end: int | None
     status: RunStatus
     raw_status: str
     errors: tuple[dict[str, str], ...] = ()
+    created_at: int | None = None  # ``createdAt``, epoch milliseconds, as the service says
 
     @classmethod
     def parse(cls, item: Mapping[str, Any]) -> RunInfo:
-        params = item.get("params") or {}
         summary = (item.get("metrics") or {}).get("statusSummary") or {}
         raw = str(summary.get("status") or "")
         errors = tuple(
@@ -98,21 +107,114 @@ class RunInfo:
             for e in summary.get("errors") or ()
             if isinstance(e, Mapping)
         )
+        window_start, window_end = run_window(item)
         return cls(
             run_id=str(item["id"]),
             flow_id=str(item.get("flowId", "")),
-            window_start=_int_or_none(params.get("windowStartTime")),
-            window_end=_int_or_none(params.get("windowEndTime")),
+            window_start=window_start,
+            window_end=window_end,
             status=RunStatus.parse(raw),
             raw_status=raw,
             errors=errors,
+            created_at=_int_or_none(item.get("createdAt")),
         )
+
+
+def run_window(item: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """A listed run's window in unix seconds, or ``(None, None)`` when the run does not say.
+
+    From ``params.windowStartTime/windowEndTime`` when the run echoes its params (the tutorial's
+    run, help/sources/tutorials/api/on-demand-ingestion.md in AdobeDocs/experience-platform.en),
+    else from an activity's ``durationSummary.extensions.windowStart/windowEnd``, in
+    milliseconds: the listed run of help/sources/tutorials/api/monitor.md has no ``params`` at
+    all, and neither has the run object of the OpenAPI spec
+    (static/swagger-specs/flow-service.yaml in AdobeDocs/experience-platform-apis). A window
+    that cannot be read is unknown, never "another window": the caller must not conclude that
+    the run is not the one it looks for.
+    """
+    params = item.get("params")
+    if isinstance(params, Mapping):
+        window = _window_pair(params.get("windowStartTime"), params.get("windowEndTime"))
+        if window is not None:
+            return window
+    activities = item.get("activities")
+    if isinstance(activities, list):
+        for activity in activities:
+            duration = activity.get("durationSummary") if isinstance(activity, Mapping) else None
+            extensions = duration.get("extensions") if isinstance(duration, Mapping) else None
+            if isinstance(extensions, Mapping):
+                window = _window_pair(extensions.get("windowStart"), extensions.get("windowEnd"))
+                if window is not None:
+                    return window
+    return None, None
+
+
+def _window_pair(start: object, end: object) -> tuple[int, int] | None:
+    first, last = epoch_seconds(start), epoch_seconds(end)
+    if first is None or last is None or first >= last:
+        return None
+    return first, last
+
+
+def epoch_seconds(value: object) -> int | None:
+    """A moment in any form a service may echo it, as whole unix seconds; None if unreadable.
+
+    We send window times as strings of digits (the tutorial's form), the spec types them as
+    integers, and a service may echo them as numbers, as ``"1704067200.0"``, in milliseconds
+    (13 digits, as the activities' extensions carry them) or as ISO-8601 text. A time that is
+    not a whole second, or could be either seconds or milliseconds, is not guessed at.
+    """
+    exact: Decimal
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        exact = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        exact = Decimal(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            exact = Decimal(text)
+        except InvalidOperation:
+            return _iso_seconds(text)
+        if not exact.is_finite():
+            return None
+    else:
+        return None
+    if exact < 0:
+        return None
+    if exact >= _MIN_MILLISECONDS:
+        exact /= 1000
+    elif exact >= _MAX_SECONDS:
+        return None
+    if exact != exact.to_integral_value():
+        return None
+    return int(exact)
+
+
+def _iso_seconds(text: str) -> int | None:
+    """ISO-8601 text; without an offset it is UTC, as every time Platform reports is."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment.microsecond:
+        return None
+    seconds = int(moment.timestamp())
+    return seconds if 0 <= seconds < _MAX_SECONDS else None
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
+    """One page of a listing: its runs, the next page's URL, and the URL that was asked."""
+
     runs: list[RunInfo]
-    next_href: str | None
+    next_href: str | None  # absolute, with the listing's filters (see FlowServiceClient.list_runs)
+    url: str | None = None
 
 
 class RunsApi(Protocol):
@@ -133,6 +235,11 @@ class RunsApi(Protocol):
         limit: int = 100,
         href: str | None = None,
     ) -> Page: ...
+
+    @property
+    def clock_offset(self) -> float | None:
+        """The service's clock minus ours, in seconds, from its latest ``Date``; None before."""
+        ...
 
 
 class Permit(Protocol):
@@ -155,6 +262,8 @@ class FlowServiceClient:
         identity: ApiIdentity,
         tokens: TokenProvider,
         permit: Permit = no_permit,
+        *,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._session = session
         self._base = URL(base_url.rstrip("/"))
@@ -162,10 +271,22 @@ class FlowServiceClient:
         self._runs_url = self._base / "runs"
         self._identity = identity
         self._tokens = tokens
+        self._wall = wall
+        self._clock_offset: float | None = None
         self._headers_for: tuple[str, dict[str, str]] | None = None
         self._permit = permit
         self.confirmed = False  # the service has answered once like Flow Service
         self.responses: Counter[str] = Counter()  # status code (or "error") -> requests
+
+    @property
+    def clock_offset(self) -> float | None:
+        """The service's clock minus ours, in seconds, from the latest answer's ``Date``.
+
+        None until an answer with a readable ``Date`` has arrived. ``Date`` has whole seconds
+        and is stamped before the answer travels, so this is right to about a second: enough to
+        filter runs by the service's ``createdAt`` when our clock is minutes off.
+        """
+        return self._clock_offset
 
     # ------------------------------------------------------------------ calls
 
@@ -184,9 +305,11 @@ class FlowServiceClient:
         """``POST /runs/{id}/action?op=re-trigger``: run a failed run's window again."""
         url = (self._runs_url / run_id / "action").with_query(op="re-trigger")
         data = await self._send("POST", url, "POST /runs/{id}/action?op=re-trigger", body=b"")
-        # The answer is documented as {"id", "etag"}: the same run. Without an id, it still is.
-        etag = data.get("etag") if isinstance(data, dict) else None
-        return _created(data, "re-trigger", default_id=run_id, default_etag=etag)
+        # The answer is {"id", "etag"} where the id is a NEW run: "A successful response returns
+        # a newly created flow run ID" (help/sources/tutorials/api/retry-flows.md in
+        # AdobeDocs/experience-platform.en; it re-triggers 4fb0418e-... and gets 3fb0418e-...).
+        # An answer without an id leaves the new run unknown: in doubt, like a lost answer.
+        return _created(data, "re-trigger")
 
     async def list_runs(
         self,
@@ -197,44 +320,64 @@ class FlowServiceClient:
         limit: int = 100,
         href: str | None = None,
     ) -> Page:
-        """One page of ``GET /runs``; pass the previous page's ``next_href`` for the next."""
-        if href is not None:
-            url = self._resolve(href)
-        else:
-            query: list[tuple[str, str]] = []
-            if flow_id is not None:
-                query.append(("property", f"flowId=={flow_id}"))
-            if ids:
-                query.append(("property", "id==" + ",".join(ids)))
-            if created_since_ms is not None:
-                query.append(("property", f"createdAt>={created_since_ms}"))
-            query += [("orderby", "createdAt"), ("limit", str(limit))]
+        """One page of ``GET /runs``; pass the previous page's ``next_href`` for the next.
+
+        The filters go with every page, the next ones too: a continuation link may carry only
+        its token (the spec's ``PageLink`` example is ``/connections?continuationToken=...``,
+        static/swagger-specs/flow-service.yaml in AdobeDocs/experience-platform-apis), and the
+        one public client that pages runs (pitchmuc/aepp, ``getRuns``) sends its own filters
+        with the token. A filter the link already carries is not sent twice.
+        """
+        query: list[tuple[str, str]] = []
+        if flow_id is not None:
+            query.append(("property", f"flowId=={flow_id}"))
+        if ids:
+            query.append(("property", "id==" + ",".join(ids)))
+        if created_since_ms is not None:
+            query.append(("property", f"createdAt>={created_since_ms}"))
+        query += [("orderby", "createdAt"), ("limit", str(limit))]
+        if href is None:
             url = self._runs_url.with_query(query)
+        else:
+            url = _with_filters(self._resolve(href, self._runs_url), query)
         data = await self._send("GET", url, "GET /runs")
         if not isinstance(data, dict):
-            return Page([], None)
+            return Page([], None, str(url))
         items = data.get("items") or []
         runs = [RunInfo.parse(item) for item in items if isinstance(item, Mapping) and "id" in item]
         links = data.get("_links")
         following = links.get("next") if isinstance(links, dict) else None
-        next_href = following.get("href") if isinstance(following, dict) else None
-        return Page(runs, str(next_href) if next_href else None)
+        link = following.get("href") if isinstance(following, dict) else None
+        if not link or not isinstance(link, str):
+            return Page(runs, None, str(url))
+        # A link is relative to the request that returned it (a query-only link is this path).
+        next_url = _with_filters(self._resolve(link, url), query)
+        return Page(runs, str(next_url), str(url))
 
     # --------------------------------------------------------------- plumbing
 
-    def _resolve(self, href: str) -> URL:
-        """A ``_links.next.href``: absolute on our origin, or a path under the base URL."""
+    def _resolve(self, href: str, against: URL) -> URL:
+        """A ``_links.next.href`` as a URL on our origin, refusing any other host.
+
+        Absolute links must be on our origin (an explicit default port, ``:443`` for https, is
+        the same origin). A path starting with ``/`` is under the base URL, as Flow Service
+        writes its links (``/runs?...``) unless it already starts with the base path. Anything
+        else (``?continuationToken=...``, ``runs?...``) is relative to ``against``, the URL of
+        the request that returned it.
+        """
         if href.startswith(("http://", "https://")):
             url = URL(href, encoded=True)
-            if url.origin() != self._origin:
+            if not _same_origin(url, self._origin):
                 raise PermanentError(
                     f"the next page is on another host ({url.origin()}); not following it",
                     request="GET /runs",
                 )
             return url
-        if href.startswith(self._base.path + "/"):
+        if href.startswith(self._base.path.rstrip("/") + "/"):
             return URL(str(self._origin) + href, encoded=True)
-        return URL(str(self._base) + "/" + href.lstrip("/"), encoded=True)
+        if href.startswith("/"):
+            return URL(str(self._base) + href, encoded=True)
+        return against.join(URL(href, encoded=True))
 
     async def _headers(self) -> dict[str, str]:
         token = await self._tokens.token()
@@ -318,6 +461,7 @@ class FlowServiceClient:
             reason = str(exc) or type(exc).__name__
             raise TransportError(f"no answer: {reason}", request=what, in_doubt=True) from exc
         self.responses[str(response.status)] += 1
+        self._read_date(response.headers)
         return response.status, raw, response.headers
 
     # ------------------------------------------------------------ first contact
@@ -380,10 +524,51 @@ class FlowServiceClient:
         if status < 500:
             self.confirmed = True
 
+    # ------------------------------------------------------------ clock
 
-def _created(
-    data: Any, what: str, *, default_id: str | None = None, default_etag: Any = None
-) -> CreatedRun:
+    def _read_date(self, headers: Mapping[str, str]) -> None:
+        value = headers.get("Date")
+        if not value:
+            return
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return
+        if moment.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+            moment = moment.replace(tzinfo=UTC)
+        self._clock_offset = moment.timestamp() - self._wall()
+
+
+def _same_origin(url: URL, origin: URL) -> bool:
+    """Scheme, host and port, with the scheme's default port filled in (yarl does)."""
+    host, other = url.host, origin.host
+    return (
+        url.scheme == origin.scheme
+        and host is not None
+        and other is not None
+        and host.lower() == other.lower()
+        and url.port == origin.port
+    )
+
+
+# Parameters a query holds once: a link's own value wins over ours.
+_SINGLE_VALUED = frozenset({"orderby", "limit"})
+
+
+def _with_filters(url: URL, query: Sequence[tuple[str, str]]) -> URL:
+    """``url`` with every parameter of ``query`` it lacks added; its own are left as sent."""
+    present = list(url.query.items())
+    have = set(present)
+    names = {name for name, _ in present}
+    missing = [
+        (name, value)
+        for name, value in query
+        if (name, value) not in have and not (name in _SINGLE_VALUED and name in names)
+    ]
+    return url.extend_query(missing) if missing else url
+
+
+def _created(data: Any, what: str) -> CreatedRun:
     """The run id from either documented answer: the run itself, or ``{"items": [...]}``."""
     if isinstance(data, dict):
         item = data
@@ -394,8 +579,6 @@ def _created(
         if isinstance(run_id, str) and run_id:
             etag = item.get("etag")
             return CreatedRun(run_id, str(etag) if etag is not None else None)
-    if default_id is not None:
-        return CreatedRun(default_id, str(default_etag) if default_etag is not None else None)
     raise ServerError(f"the answer has no run id: {str(data)[:200]}", request=what, status=None)
 
 
@@ -480,6 +663,8 @@ def _str(value: Any) -> str | None:
 
 
 def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -17,7 +17,14 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from yarl import URL
 
-from backfill.client import ApiIdentity, CreatedRun, FlowServiceClient
+from backfill.client import (
+    ApiIdentity,
+    CreatedRun,
+    FlowServiceClient,
+    RunInfo,
+    epoch_seconds,
+    run_window,
+)
 from backfill.errors import (
     ApiError,
     AuthError,
@@ -472,14 +479,27 @@ async def test_retrigger_posts_the_action(client: FlowServiceClient, mocked: Moc
     assert kwargs["headers"]["Authorization"] == "Bearer tok-1"
 
 
-async def test_retrigger_without_an_id_in_the_answer_keeps_the_run(
+async def test_retrigger_answers_with_the_new_run(
     client: FlowServiceClient, mocked: Mocked
 ) -> None:
+    # retry-flows.md: re-triggering 4fb0418e-... answers with a newly created run, 3fb0418e-...
+    old, new = "4fb0418e-8d2a-4d1e-b0a1-1b2c3d4e5f60", "3fb0418e-8d2a-4d1e-b0a1-1b2c3d4e5f60"
+    mocked.post(f"{RUNS}/{old}/action?op=re-trigger", status=200, payload={"id": new})
+
+    assert (await client.retrigger(old)).run_id == new
+
+
+async def test_retrigger_without_an_id_in_the_answer_is_in_doubt(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    # The documented answer names a new run: without its id, which run it made is unknown.
+    # (Before issue 12 the old id was assumed; the documented behaviour makes that wrong.)
     mocked.post(f"{RUNS}/run-1/action?op=re-trigger", status=200, payload={"etag": '"e9"'})
 
-    created = await client.retrigger("run-1")
+    with pytest.raises(ServerError, match="no run id") as raised:
+        await client.retrigger("run-1")
 
-    assert created.run_id == "run-1"
+    assert raised.value.in_doubt
 
 
 # ------------------------------------------------------------------------ listing
@@ -574,26 +594,49 @@ async def test_a_listing_that_is_not_json_is_an_api_error(
         await client.list_runs(FLOW)
 
 
+FILTERS = f"property=flowId%3D%3D{FLOW}&orderby=createdAt&limit=100"
+
+
 @pytest.mark.parametrize(
     ("base", "href", "expected"),
     [
-        (BASE, "/runs?continuationToken=abc", f"{RUNS}?continuationToken=abc"),
-        (BASE, "runs?continuationToken=abc", f"{RUNS}?continuationToken=abc"),
+        (BASE, "/runs?continuationToken=abc", f"{RUNS}?continuationToken=abc&{FILTERS}"),
+        (BASE, "runs?continuationToken=abc", f"{RUNS}?continuationToken=abc&{FILTERS}"),
+        (BASE, "?continuationToken=abc", f"{RUNS}?continuationToken=abc&{FILTERS}"),
         (
             BASE,
             "/data/foundation/flowservice/runs?continuationToken=abc",
-            f"{RUNS}?continuationToken=abc",
+            f"{RUNS}?continuationToken=abc&{FILTERS}",
         ),
-        (BASE, f"{RUNS}?continuationToken=abc", f"{RUNS}?continuationToken=abc"),
+        (BASE, f"{RUNS}?continuationToken=abc", f"{RUNS}?continuationToken=abc&{FILTERS}"),
+        (
+            BASE,
+            "https://platform.adobe.io:443/data/foundation/flowservice/runs?continuationToken=abc",
+            f"{RUNS}?continuationToken=abc&{FILTERS}",  # the same origin, the same server
+        ),
+        (
+            BASE,
+            f"/runs?property=flowId=={FLOW}&orderby=createdAt&limit=100&continuationToken=abc",
+            f"{RUNS}?property=flowId=={FLOW}&orderby=createdAt&limit=100&continuationToken=abc",
+        ),
         (
             "http://127.0.0.1:8080",
             "/runs?continuationToken=abc",
-            "http://127.0.0.1:8080/runs?continuationToken=abc",
+            f"http://127.0.0.1:8080/runs?continuationToken=abc&{FILTERS}",
         ),
     ],
-    ids=["relative", "relative-no-slash", "absolute-path", "absolute-url", "emulator"],
+    ids=[
+        "relative",
+        "relative-no-slash",
+        "query-only",
+        "absolute-path",
+        "absolute-url",
+        "explicit-default-port",
+        "filters-already-there",
+        "emulator",
+    ],
 )
-async def test_the_next_page_is_followed(
+async def test_the_next_page_is_followed_with_the_filters(
     session: aiohttp.ClientSession,
     tokens: FakeTokens,
     mocked: Mocked,
@@ -601,23 +644,65 @@ async def test_the_next_page_is_followed(
     href: str,
     expected: str,
 ) -> None:
+    # A link may carry only its token (the spec's PageLink example): the filters go again,
+    # once. (Before issue 12 the link was followed verbatim: later pages could be unfiltered.)
     client = FlowServiceClient(session, base, IDENTITY, tokens)
     mocked.get(
-        re.compile(re.escape(base) + r"/runs\?.*property=.*"),
+        re.compile(re.escape(base) + r"/runs\?(?!.*continuationToken).*"),
         payload={
             "items": [run("r1", "success")],
             "_links": {"next": {"href": href}},
         },
     )
-    mocked.get(expected, payload={"items": [run("r2", "success")], "_links": {}})
+    mocked.get(
+        re.compile(r".*continuationToken=abc.*"),
+        payload={"items": [run("r2", "success")], "_links": {}},
+    )
 
     first = await client.list_runs(FLOW)
     second = await client.list_runs(FLOW, href=first.next_href)
 
-    assert first.next_href == href
+    assert first.next_href is not None
+    assert URL(first.next_href) == URL(expected)
     assert [r.run_id for r in second.runs] == ["r2"]
     assert second.next_href is None
-    assert str(calls(mocked)[-1][1]) == expected
+    assert second.url is not None and URL(second.url) == URL(expected)
+    sent = calls(mocked)[-1][1]  # as aioresponses records it: parameters sorted
+    assert (sent.origin(), sent.path) == (URL(expected).origin(), URL(expected).path)
+    assert sorted(sent.query.items()) == sorted(URL(expected).query.items())
+    assert sent.query.getall("property") == [f"flowId=={FLOW}"]  # sent once, not twice
+
+
+async def test_a_query_only_link_keeps_the_path_of_the_request_that_returned_it(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    # Resolved against the base URL instead, "?continuationToken=..." named the wrong path.
+    mocked.get(
+        RUNS_ANY, payload={"items": [], "_links": {"next": {"href": "?continuationToken=t2"}}}
+    )
+
+    page = await client.list_runs(FLOW, ids=["r1"], created_since_ms=5)
+
+    assert page.next_href is not None
+    following = URL(page.next_href)
+    assert following.path == "/data/foundation/flowservice/runs"
+    assert following.query.get("continuationToken") == "t2"
+    assert sorted(following.query.getall("property")) == sorted(
+        [f"flowId=={FLOW}", "id==r1", "createdAt>=5"]
+    )
+
+
+async def test_a_token_in_the_link_is_sent_as_the_service_encoded_it(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    href = "/runs?continuationToken=ab%2Bc%2Fd%3D%3D"
+    mocked.get(RUNS_ANY, payload={"items": [], "_links": {"next": {"href": href}}})
+
+    page = await client.list_runs(FLOW)
+
+    assert page.next_href is not None
+    assert "continuationToken=ab%2Bc%2Fd%3D%3D&" in page.next_href
+    assert URL(page.next_href).query.get("continuationToken") == "ab+c/d=="
 
 
 @pytest.mark.parametrize(
@@ -819,3 +904,164 @@ async def test_a_token_gone_stale_while_waiting_for_the_permit_is_renewed_first(
     sent = [kwargs["headers"]["Authorization"] for _, _, kwargs in calls(mocked)]
     assert sent == ["Bearer tok-renewed"]
     assert permits == 2
+
+
+# ------------------------------------------------------------------ a run's window
+
+T0 = 1704067200  # 2024-01-01T00:00:00Z
+T1 = T0 + 3600
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (str(T0), str(T1)),  # what we send: strings of digits (the tutorial)
+        (T0, T1),  # integers (the spec)
+        (float(T0), float(T1)),
+        (f"{T0}.0", f"{T1}.0"),
+        (f" {T0} ", f"{T1}"),
+        (T0 * 1000, T1 * 1000),  # milliseconds
+        (str(T0 * 1000), str(T1 * 1000)),
+        (f"{T0 * 1000}.0", float(T1 * 1000)),
+        ("2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z"),
+        ("2024-01-01T00:00:00+00:00", "2024-01-01T02:00:00+01:00"),
+        ("2024-01-01T00:00:00.000Z", "2024-01-01T01:00:00"),  # no offset: UTC
+    ],
+    ids=[
+        "digits",
+        "integers",
+        "floats",
+        "decimal-text",
+        "spaces",
+        "ms",
+        "ms-text",
+        "ms-decimal",
+        "iso-z",
+        "iso-offsets",
+        "iso-naive",
+    ],
+)
+def test_every_representation_of_a_window_in_params_is_read(start: object, end: object) -> None:
+    item = {"id": "r", "flowId": FLOW, "params": {"windowStartTime": start, "windowEndTime": end}}
+
+    info = RunInfo.parse(item)
+
+    assert (info.window_start, info.window_end) == (T0, T1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        "",
+        "soon",
+        "NaN",
+        "Infinity",
+        float("nan"),
+        -1,
+        f"{T0}.5",
+        T0 * 1000 + 500,  # not a whole second
+        16515859567,  # 11 digits: seconds in 2493 or milliseconds in 1970: not guessed
+        "2024-01-01T00:00:00.5Z",
+        ["list"],
+    ],
+)
+def test_an_unreadable_time_is_unknown(value: object) -> None:
+    assert epoch_seconds(value) is None
+
+
+def test_the_window_comes_from_the_activities_when_the_run_has_no_params() -> None:
+    # help/sources/tutorials/api/monitor.md: the listed run has no params; its window is in the
+    # copy activity's durationSummary.extensions, in milliseconds.
+    item = {
+        "id": "9830305a-985f-47d0-b030-5a985fd7d004",
+        "flowId": "c9cef9cb-c934-4467-8ef9-cbc934546741",
+        "createdAt": 1596656079576,
+        "metrics": {"statusSummary": {"status": "success"}},
+        "activities": [
+            {"id": "copyActivity", "durationSummary": {"startedAtUTC": 1596656058198}},
+            {
+                "id": "copyActivity",
+                "durationSummary": {
+                    "startedAtUTC": 1596656058198,
+                    "completedAtUTC": 1596656089650,
+                    "extensions": {"windowStart": 1596653708000, "windowEnd": 1596655508000},
+                },
+            },
+            {"id": "promotionActivity", "durationSummary": {"startedAtUTC": 1596656095333}},
+        ],
+    }
+
+    info = RunInfo.parse(item)
+
+    assert (info.window_start, info.window_end) == (1596653708, 1596655508)
+    assert info.created_at == 1596656079576
+    assert info.flow_id == "c9cef9cb-c934-4467-8ef9-cbc934546741"
+
+
+def test_params_win_over_the_activities_and_unreadable_params_fall_back_to_them() -> None:
+    activities = [{"durationSummary": {"extensions": {"windowStart": 1e12, "windowEnd": 2e12}}}]
+    both = {"id": "r", "params": {"windowStartTime": T0, "windowEndTime": T1}}
+    garbled = {"id": "r", "params": {"windowStartTime": "x", "windowEndTime": T1}}
+
+    assert run_window({**both, "activities": activities}) == (T0, T1)
+    assert run_window({**garbled, "activities": activities}) == (10**9, 2 * 10**9)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"id": "r"},
+        {"id": "r", "params": None, "activities": None},
+        {"id": "r", "params": "x", "activities": ["x", {"durationSummary": []}]},
+        {"id": "r", "params": {"windowStartTime": T1, "windowEndTime": T0}},  # backwards
+        {"id": "r", "activities": [{"durationSummary": {"extensions": {"windowStart": T0}}}]},
+        {"id": "r", "activities": []},  # scheduled: no activity yet
+    ],
+    ids=["nothing", "nulls", "wrong-types", "backwards", "half", "scheduled"],
+)
+def test_a_run_that_does_not_say_its_window_has_an_unknown_window(item: dict[str, Any]) -> None:
+    info = RunInfo.parse(item)
+
+    assert (info.window_start, info.window_end) == (None, None)
+    assert info.created_at is None
+
+
+# ------------------------------------------------------------------ the service's clock
+
+
+async def test_the_clock_offset_comes_from_the_date_header(
+    session: aiohttp.ClientSession, tokens: FakeTokens, mocked: Mocked
+) -> None:
+    wall = [1_700_000_000.0]
+    client = FlowServiceClient(session, BASE, IDENTITY, tokens, wall=lambda: wall[0])
+    server = 1_700_000_000 - 950  # the service's clock is 950 s behind ours
+    mocked.get(RUNS_ANY, payload={"items": []})
+    mocked.get(
+        RUNS_ANY,
+        payload={"items": []},
+        headers={"Date": email.utils.formatdate(server, usegmt=True)},
+    )
+    mocked.post(
+        RUNS,
+        status=503,
+        body=b"",
+        headers={"Date": email.utils.formatdate(server + 60, usegmt=True)},
+    )
+    mocked.get(RUNS_ANY, payload={"items": []}, headers={"Date": "not a date"})
+
+    def offset() -> float | None:  # read afresh each time (mypy would narrow the property)
+        return client.clock_offset
+
+    assert offset() is None
+    await client.list_runs(FLOW)
+    assert offset() is None  # no Date yet
+    await client.list_runs(FLOW)
+    assert offset() == -950.0
+    wall[0] += 30
+    with pytest.raises(ServerError):
+        await client.create_run(FLOW, T0, T1)
+    assert offset() == -920.0  # the latest answer counts, errors too
+    await client.list_runs(FLOW)
+    assert offset() == -920.0  # an unreadable Date changes nothing

@@ -48,7 +48,7 @@ class Engine:
         self._board = board = Board(journal, options, self.stats, clock)
         permits = permits if permits is not None else Permits(limiter)
         self._control = control = Control(board, permits, options, self.stats, sleep)
-        lister = Lister(client, self.stats, options.page_size)
+        lister = Lister(client, control, self.stats, options)
         self._monitor = Monitor(board, control, lister, options)
         self._reconciler = Reconciler(
             board,
