@@ -666,7 +666,8 @@ async def test_the_next_page_is_followed_with_the_filters(
     assert URL(first.next_href) == URL(expected)
     assert [r.run_id for r in second.runs] == ["r2"]
     assert second.next_href is None
-    assert second.url is not None and URL(second.url) == URL(expected)
+    assert second.url is not None
+    assert URL(second.url) == URL(expected)
     sent = calls(mocked)[-1][1]  # as aioresponses records it: parameters sorted
     assert (sent.origin(), sent.path) == (URL(expected).origin(), URL(expected).path)
     assert sorted(sent.query.items()) == sorted(URL(expected).query.items())

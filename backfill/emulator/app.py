@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import http
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,7 +19,7 @@ from .config import EmulatorConfig
 from .errors import FlowServiceError
 from .faults import FaultModel
 from .query import count as count_runs
-from .query import encode_token, next_href, parse_query
+from .query import encode_token, next_href, parse_query, self_href
 from .query import select as select_runs
 from .store import Identity, Store, parse_run_body, read_state_file, write_state_file
 
@@ -97,10 +99,12 @@ class EmulatorApp:
             route("POST", PREFIX + path, self._metered("POST /runs", self._create_run, True))
             route("GET", PREFIX + path, self._metered("GET /runs", self._list_runs))
         route("GET", PREFIX + "/runs/{id}", self._metered("GET /runs/{id}", self._get_run))
+        # A re-trigger creates a run (retry-flows.md): its answer can be lost like a POST's.
+        retrigger_creates = not self.config.retrigger_same_run
         route(
             "POST",
             PREFIX + "/runs/{id}/action",
-            self._metered("POST /runs/{id}/action", self._run_action),
+            self._metered("POST /runs/{id}/action", self._run_action, retrigger_creates),
         )
         route("GET", PREFIX + "/flows/{id}", self._metered("GET /flows/{id}", self._get_flow))
         route("*", PREFIX + "/{tail:.*}", self._metered(OTHER_ENDPOINT, self._not_found))
@@ -142,13 +146,19 @@ class EmulatorApp:
             except FlowServiceError as exc:
                 response = self._envelope(exc)
             self.total += 1
+            # The service's clock, not the host's: a test that moves the emulator's clock
+            # moves its Date too (aiohttp only adds a Date when there is none).
+            response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
             # A drop is drawn on arrival but happens only to a request that created a run.
-            if not (verdict.drop and response.status == 201):
+            if not (verdict.drop and response.status in (200, 201)):
                 key = str(response.status)
                 counts[key] = counts.get(key, 0) + 1
                 return response
             counts[DROPPED] = counts.get(DROPPED, 0) + 1
             self.dropped += 1
+            if verdict.drop_status is not None:
+                # --post-error-codes: a proxy answers its own error for a run that exists.
+                return self._injected(verdict.drop_status)
             # The run exists; the client must never learn it. Aborting the transport makes
             # aiohttp's write of the answer fail quietly, so nothing reaches the socket.
             if request.transport is not None:
@@ -180,9 +190,16 @@ class EmulatorApp:
                 FlowServiceError(1500, "Internal server error, please retry later.", status=500)
             )
         headers = {"Retry-After": str(self.config.retry_after)} if status == 503 else None
-        return web.Response(
-            status=status, body=_GATEWAY_FAULTS[status], content_type=_JSON, headers=headers
-        )
+        body = _GATEWAY_FAULTS.get(status)
+        if body is None:  # --post-error-codes: a proxy's or a gateway's own status (520, 408)
+            try:
+                reason = http.HTTPStatus(status).phrase
+            except ValueError:
+                reason = "Unknown Error"
+            body = orjson.dumps({"error_code": f"{status}000", "message": reason})
+        response = web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+        response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
+        return response
 
     # -- Flow Service handlers ---------------------------------------------------------------
 
@@ -200,16 +217,21 @@ class EmulatorApp:
         return _json(200, {"items": [self.store.render_run(run, self.now())]})
 
     async def _list_runs(self, request: web.Request, who: Identity) -> web.Response:
+        config = self.config
         params = list(request.query.items())
-        query = parse_query(params, self.config.max_page_size)
+        query = parse_query(params, config.max_page_size, bare_tokens=config.token_only_links)
         now = self.now()
+        lag = config.listing_lag
         if query.count:
-            return _json(200, {"count": count_runs(self.store, query, now)})
-        page = select_runs(self.store, query, now)
+            return _json(200, {"count": count_runs(self.store, query, now, lag)})
+        page = select_runs(self.store, query, now, lag)
         links: dict[str, Any] = {}
         if page.next_cursor is not None:
             token = encode_token(page.next_cursor, query.fingerprint)
-            links["next"] = {"href": next_href(params, token)}
+            links["next"] = {"href": next_href(params, token, bare=config.token_only_links)}
+        elif config.self_link:
+            # --self-link: the last page names itself as the next one; following it is a loop.
+            links["next"] = {"href": self_href(params)}
         render = self.store.render_run
         return _json(200, {"items": [render(run, now) for run in page.runs], "_links": links})
 
@@ -218,6 +240,8 @@ class EmulatorApp:
         run_id = request.match_info["id"]
         if op != "re-trigger":
             raise FlowServiceError(1461, f"op={op!r} is not supported: use op=re-trigger.")
+        # {"id", "etag"}: the id of the new run (retry-flows.md), or the same one with
+        # --retrigger-same-run.
         run = self.store.retrigger(run_id, who)
         return _json(200, {"id": run.id, "etag": run.etag})
 

@@ -28,18 +28,27 @@ run with params.deltaColumn makes a table-based flow, without it a file-based on
 "scheduled" for --scheduled-for seconds, "inProgress" for --running-for seconds, then
 "success" (or "failed" at --fail-rate), and nothing misbehaves. Each fault flag makes it
 misbehave like production; all draws are deterministic for a --seed.
+
+It plays the API as Adobe documents it: a re-trigger creates a new run (new id, same flow
+and window; the failed one stays failed), as help/sources/tutorials/api/retry-flows.md
+says. The "API variants" flags play what the documentation leaves open or what sits in
+front of the service in production (a lagging listing, a proxy's error codes).
 """
 
 _EPILOG = """\
 listing:
   GET /runs orders by createdAt ascending (orderby=-createdAt for newest first), 20 runs a
   page unless limit=N; follow _links.next.href (a keyset cursor: runs created meanwhile
-  never hide existing ones)
+  never hide existing ones). Runs echo their params, and every activity carries the window
+  in durationSummary.extensions.windowStart/windowEnd (ms) as in monitor.md
 
 inspection:
-  GET  /__emulator/stats   every run with its window and status, per-window counts,
-                           duplicates, requests per endpoint and status, the most
-                           requests in one second, the most active runs per flow
+  GET  /__emulator/stats   every run with its window, status and the run it re-triggered;
+                           per window its run ids, how many runs are live (scheduled, in
+                           progress or succeeded) and succeeded; duplicates (windows with
+                           two live runs: a failed run re-triggered into a new one is
+                           not one); requests per endpoint and status, the most requests
+                           in one second, the most active runs per flow
   POST /__emulator/reset   forget runs, undeclared flows and counters
   POST /__emulator/revoke-tokens   every token issued so far is refused (401) from now
 
@@ -48,6 +57,8 @@ examples:
   backfill emulator --port 0 --ready-file /tmp/emu.url --seed 7 \\
       --rate-limit 20 --error-rate 0.05 --drop-rate 0.01 --fail-rate 0.1
   backfill emulator --state demo-state.json    # restart mid-demo without losing runs
+  backfill emulator --port 0 --runs-without-params --token-only-links --listing-lag 5 \
+      --drop-rate 0.2 --error-rate 0.05 --post-error-codes 520,408
 """
 
 
@@ -74,6 +85,18 @@ def _flow(text: str) -> tuple[str, FlowKind]:
             f"{text!r} is not ID:table or ID:file (e.g. 3abea21c-...:table)"
         )
     return flow_id, FlowKind(kind)
+
+
+def _status_codes(text: str) -> tuple[int, ...]:
+    try:
+        codes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of HTTP statuses (e.g. 520,408)"
+        ) from None
+    if not codes:
+        raise argparse.ArgumentTypeError("give at least one HTTP status (e.g. 520,408)")
+    return codes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,8 +257,54 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=default.drop_rate,
         metavar="FRACTION",
-        help="fraction of POST /runs that create the run, then close the connection "
-        "without answering (the client cannot know the run exists)",
+        help="fraction of POST /runs and re-triggers that create the run, then close the "
+        "connection without answering (the client cannot know the run exists)",
+    )
+    faults.add_argument(
+        "--post-error-codes",
+        type=_status_codes,
+        default=default.post_error_codes,
+        metavar="CODES",
+        help="HTTP statuses (408 and 5xx, comma separated, e.g. 520,408) that a proxy answers "
+        "to POST /runs and re-trigger: the --error-rate ones use them before anything is done, "
+        "the --drop-rate ones answer one after the run was created (instead of hanging up)",
+    )
+
+    variants = parser.add_argument_group(
+        "API variants (what the documentation leaves open, or sits in front of the service)"
+    )
+    variants.add_argument(
+        "--runs-without-params",
+        action="store_true",
+        help="listed and fetched runs carry no params: their window is only in the "
+        "activities' durationSummary.extensions.windowStart/windowEnd, in milliseconds, as "
+        "the run of monitor.md (so a scheduled run, with no activity yet, does not say it)",
+    )
+    variants.add_argument(
+        "--token-only-links",
+        action="store_true",
+        help="_links.next.href carries only continuationToken (as the spec's PageLink "
+        "example); a page asked with the token and no filters lists the whole sandbox from "
+        "there, unless the client sends its filters again",
+    )
+    variants.add_argument(
+        "--self-link",
+        action="store_true",
+        help="the last page's _links.next.href points back at that page itself",
+    )
+    variants.add_argument(
+        "--listing-lag",
+        type=float,
+        default=default.listing_lag,
+        metavar="SECONDS",
+        help="a run shows in GET /runs listings only this long after its creation "
+        "(GET /runs/{id} finds it at once)",
+    )
+    variants.add_argument(
+        "--retrigger-same-run",
+        action="store_true",
+        help="a re-trigger schedules the failed run again under the same id, as earlier "
+        "versions of this emulator did (the documented API creates a new run)",
     )
     return parser
 
@@ -267,6 +336,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         max_active_runs=args.max_active_runs,
         max_page_size=args.max_page_size,
         state_file=args.state,
+        runs_without_params=args.runs_without_params,
+        token_only_links=args.token_only_links,
+        self_link=args.self_link,
+        listing_lag=args.listing_lag,
+        post_error_codes=args.post_error_codes,
+        retrigger_same_run=args.retrigger_same_run,
     )
 
 

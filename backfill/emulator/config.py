@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 __all__ = ["EmulatorConfig", "FlowKind", "ResponseShape"]
 
@@ -48,6 +48,13 @@ class EmulatorConfig:
     max_active_runs: int | None = None
     max_page_size: int = 100
     state_file: Path | None = None
+    # How far the emulator departs from the documented API, for rehearsing each variant.
+    runs_without_params: bool = False
+    token_only_links: bool = False
+    self_link: bool = False
+    listing_lag: float = 0.0
+    post_error_codes: tuple[int, ...] = ()
+    retrigger_same_run: bool = False
 
     def __post_init__(self) -> None:
         # Accept "table"/"file" strings too, so callers need not import the enum.
@@ -60,6 +67,7 @@ class EmulatorConfig:
                     f"--flow {flow_id}: kind must be 'table' or 'file', got {kind!r}"
                 ) from None
         object.__setattr__(self, "flows", tuple(flows))
+        object.__setattr__(self, "post_error_codes", tuple(self.post_error_codes))
         problem = next(iter(self.problems()), None)
         if problem is not None:
             raise ValueError(problem)
@@ -87,6 +95,7 @@ class EmulatorConfig:
             ("--running-for", self.running_for),
             ("--latency", self.latency),
             ("--jitter", self.jitter),
+            ("--listing-lag", self.listing_lag),
         ):
             if not (math.isfinite(value) and value >= 0.0):
                 found.append(f"{name} must be a number of seconds >= 0, got {value}")
@@ -104,6 +113,25 @@ class EmulatorConfig:
             found.append(f"--max-active-runs must be at least 1, got {self.max_active_runs}")
         if self.max_page_size < 1:
             found.append(f"--max-page-size must be at least 1, got {self.max_page_size}")
+        odd = [code for code in self.post_error_codes if code != 408 and not 500 <= code <= 599]
+        if odd:
+            found.append(
+                "--post-error-codes takes 408 and 5xx statuses (e.g. 520,408), "
+                f"got {','.join(map(str, odd))}"
+            )
+        if self.post_error_codes and not (self.error_rate or self.drop_rate):
+            found.append(
+                "--post-error-codes needs --error-rate or --drop-rate: they decide which POSTs "
+                "fail (before or after the run is created)"
+            )
+        for name, flag in (
+            ("--runs-without-params", self.runs_without_params),
+            ("--token-only-links", self.token_only_links),
+            ("--self-link", self.self_link),
+            ("--retrigger-same-run", self.retrigger_same_run),
+        ):
+            if not isinstance(cast(object, flag), bool):  # a stray "no" from a config would be true
+                found.append(f"{name} is a switch (true or false), got {flag!r}")
         for name, secret in (
             ("--token", self.token),
             ("--api-key", self.api_key),

@@ -22,7 +22,10 @@ class Verdict:
     delay: float = 0.0
     rate_limited: bool = False
     injected_status: int | None = None
-    drop: bool = False  # only meaningful for POST /runs: create the run, then hang up
+    # Only meaningful for a request that creates a run (POST /runs, a re-trigger): create it,
+    # then hang up -- or, with --post-error-codes, answer this status instead of the run.
+    drop: bool = False
+    drop_status: int | None = None
 
 
 CLEAN = Verdict()
@@ -67,6 +70,7 @@ class FaultModel:
         self._jitter = config.jitter
         self._error_rate = config.error_rate
         self._drop_rate = config.drop_rate
+        self._post_codes = config.post_error_codes
         self._latency_rng = seeded(config.seed, "latency")
         self._error_rng = seeded(config.seed, "errors")
         self._drop_rng = seeded(config.seed, "drops")
@@ -97,8 +101,10 @@ class FaultModel:
             self.rate_limited += 1
             return Verdict(delay=delay, rate_limited=True)
         injected = None
+        # A proxy in front of the service answers a POST with its own codes (520, 408, ...).
+        post_codes = self._post_codes if creates_run else ()
         if self._error_rate and self._error_rng.random() < self._error_rate:
-            injected = self._error_rng.choice(INJECTED_STATUSES)
+            injected = self._error_rng.choice(post_codes or INJECTED_STATUSES)
             self.injected_errors += 1
         drop = bool(
             creates_run
@@ -106,7 +112,8 @@ class FaultModel:
             and self._drop_rate
             and self._drop_rng.random() < self._drop_rate
         )
-        return Verdict(delay=delay, injected_status=injected, drop=drop)
+        drop_status = self._drop_rng.choice(post_codes) if drop and post_codes else None
+        return Verdict(delay=delay, injected_status=injected, drop=drop, drop_status=drop_status)
 
     def draw_delay(self) -> float:
         """Latency for a request that is not metered (IMS): same distribution, same stream."""

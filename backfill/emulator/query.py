@@ -18,7 +18,17 @@ import orjson
 from .errors import FlowServiceError
 from .store import Run, Store
 
-__all__ = ["DEFAULT_PAGE_SIZE", "Filter", "Page", "Query", "count", "parse_query", "select"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "Filter",
+    "Page",
+    "Query",
+    "count",
+    "next_href",
+    "parse_query",
+    "select",
+    "self_href",
+]
 
 DEFAULT_PAGE_SIZE = 20
 STATUS_PATH = "metrics.statusSummary.status"
@@ -59,8 +69,15 @@ class Page:
     next_cursor: tuple[int, str] | None
 
 
-def parse_query(params: Sequence[tuple[str, str]], max_page_size: int) -> Query:
-    """Parse the query string of ``GET /runs``; any mistake is a ``1400-400`` naming it."""
+def parse_query(
+    params: Sequence[tuple[str, str]], max_page_size: int, *, bare_tokens: bool = False
+) -> Query:
+    """Parse the query string of ``GET /runs``; any mistake is a ``1400-400`` naming it.
+
+    A continuation token is refused with other filters than it was issued for, unless
+    ``bare_tokens`` (``--token-only-links``): then a token is only a position, and the request's
+    own filters apply -- none at all if the client followed the bare link as given.
+    """
     filters: list[Filter] = []
     raw_filters: list[str] = []
     descending = False
@@ -81,7 +98,8 @@ def parse_query(params: Sequence[tuple[str, str]], max_page_size: int) -> Query:
             want_count = value.strip().lower() == "true"
         # Unknown parameters (``start``, ``properties``, ...) are ignored, as by the service.
     fingerprint = _fingerprint(raw_filters, descending)
-    after = _decode_token(token, fingerprint) if token is not None else None
+    issued_for = None if bare_tokens else fingerprint
+    after = _decode_token(token, issued_for) if token is not None else None
     return Query(tuple(filters), descending, limit, after, want_count, fingerprint)
 
 
@@ -131,7 +149,7 @@ def encode_token(cursor: tuple[int, str], fingerprint: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _decode_token(token: str, fingerprint: str) -> tuple[int, str]:
+def _decode_token(token: str, fingerprint: str | None) -> tuple[int, str]:
     bad = FlowServiceError(
         1400,
         "continuationToken is invalid or was issued for another query: "
@@ -148,26 +166,39 @@ def _decode_token(token: str, fingerprint: str) -> tuple[int, str]:
         and data[0] == _TOKEN_VERSION
         and isinstance(data[1], int)
         and isinstance(data[2], str)
-        and data[3] == fingerprint
+        and (fingerprint is None or data[3] == fingerprint)
     ):
         raise bad
     return data[1], data[2]
 
 
-def next_href(params: Iterable[tuple[str, str]], token: str) -> str:
-    """``_links.next.href``: the same query, relative to the base URL, with the new token."""
-    kept = [(k, v) for k, v in params if k != "continuationToken"]
+def next_href(params: Iterable[tuple[str, str]], token: str, *, bare: bool = False) -> str:
+    """``_links.next.href``: the same query, relative to the base URL, with the new token.
+
+    ``bare``: the token alone, as the spec's ``PageLink`` example is written
+    (``/connections?continuationToken=...``, static/swagger-specs/flow-service.yaml in
+    AdobeDocs/experience-platform-apis).
+    """
+    kept = [] if bare else [(k, v) for k, v in params if k != "continuationToken"]
     kept.append(("continuationToken", token))
+    return self_href(kept)
+
+
+def self_href(params: Iterable[tuple[str, str]]) -> str:
+    """The link of a request to ``/runs`` with these parameters, relative to the base URL."""
     # Keep ``==`` and comma lists readable; everything else is percent-encoded.
-    return "/runs?" + urlencode(kept, safe="=,")
+    return "/runs?" + urlencode(list(params), safe="=,")
 
 
 # -- evaluation ------------------------------------------------------------------------------
 
 
-def select(store: Store, query: Query, now: float) -> Page:
-    """One page of the runs matching ``query``, after its cursor, in its order."""
-    predicate = _compile(store, query.filters)
+def select(store: Store, query: Query, now: float, lag: float = 0.0) -> Page:
+    """One page of the runs matching ``query``, after its cursor, in its order.
+
+    ``lag``: a run shows in listings only this many seconds after its creation.
+    """
+    predicate = _lagging(_compile(store, query.filters), lag)
     picked: list[Run] = []
     limit = query.limit
     for run in _scan(store, query):
@@ -178,9 +209,9 @@ def select(store: Store, query: Query, now: float) -> Page:
     return Page(picked, None)
 
 
-def count(store: Store, query: Query, now: float) -> int:
+def count(store: Store, query: Query, now: float, lag: float = 0.0) -> int:
     """How many runs match the filters (``count=true``; the cursor and limit do not apply)."""
-    predicate = _compile(store, query.filters)
+    predicate = _lagging(_compile(store, query.filters), lag)
     return sum(1 for run in _candidates(store, query.filters) if predicate(run, now))
 
 
@@ -228,6 +259,16 @@ def _compile(store: Store, filters: tuple[Filter, ...]) -> Predicate:
 
 def _always(run: Run, now: float) -> bool:
     return True
+
+
+def _lagging(predicate: Predicate, lag: float) -> Predicate:
+    if lag <= 0:
+        return predicate
+
+    def listed(run: Run, now: float) -> bool:
+        return run.created_at + lag <= now and predicate(run, now)
+
+    return listed
 
 
 _FIELDS: dict[str, Callable[[Run, float], Value]] = {

@@ -69,6 +69,8 @@ class RunStatus(StrEnum):
 
 
 _ACTIVE = (RunStatus.SCHEDULED, RunStatus.IN_PROGRESS)
+# A run that ingests, has ingested or will: two of these for one window is a duplicate.
+_LIVE = (RunStatus.SCHEDULED, RunStatus.IN_PROGRESS, RunStatus.SUCCESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class Run:
     running_for: float
     seq: int
     updater: Identity = DEFAULT_IDENTITY
+    retrigger_of: str | None = None  # the failed run whose re-trigger created this one
     attempts: int = 0
     started_at: float = 0.0  # this attempt was scheduled (creation or re-trigger)
     starts_at: float = 0.0  # it is inProgress from here
@@ -384,7 +387,14 @@ class Store:
         return run
 
     def retrigger(self, run_id: str, who: Identity) -> Run:
-        """Schedule a failed run again for the same window, under the same id."""
+        """Run a failed run's window again: as a new run (the documented API), or the same one.
+
+        help/sources/tutorials/api/retry-flows.md (AdobeDocs/experience-platform.en): "A
+        successful response returns a newly created flow run ID" -- it re-triggers
+        4fb0418e-... and gets 3fb0418e-...; the old run stays failed (and may be re-triggered
+        again: nothing documented forbids it). ``--retrigger-same-run`` schedules the same id
+        again instead, as earlier versions of this emulator did.
+        """
         run = self.get_run(run_id)
         now = self._now()
         status = run.status(now)
@@ -396,8 +406,33 @@ class Store:
                 "that ingested no records, can be re-triggered.",
             )
         self._check_capacity(run.flow_id, now)
-        self._start(run, now, who)
-        return run
+        if self._config.retrigger_same_run:
+            self._start(run, now, who)
+            return run
+        # The same window and flow; the delta column is the flow's by now (its Copy
+        # transformation holds it), so the new run does not carry one of its own.
+        params = {k: v for k, v in run.params.items() if k != "deltaColumn"}
+        self._seq += 1
+        new = Run(
+            id=self._new_id(),
+            flow_id=run.flow_id,
+            window_start=run.window_start,
+            window_end=run.window_end,
+            params=params,
+            delta_column=None,
+            created_at=now,
+            creator=who,
+            scheduled_for=self._config.scheduled_for,
+            running_for=self._config.running_for,
+            seq=self._seq,
+            retrigger_of=run.id,
+        )
+        self._start(new, now, who)
+        self._insert(new)
+        flow = self.flows.get(run.flow_id)
+        if flow is not None:
+            flow.last_run = new
+        return new
 
     def _check_capacity(self, flow_id: str, now: float) -> None:
         cap = self._config.max_active_runs
@@ -493,7 +528,7 @@ class Store:
             metrics, activity = self._progress(run, status)
             activities = [activity]
             updated_ms = run.updated_ms(now)
-        return {
+        body: dict[str, Any] = {
             "id": run.id,
             "createdAt": run.created_ms,
             "updatedAt": updated_ms,
@@ -510,6 +545,12 @@ class Store:
             "metrics": metrics,
             "activities": activities,
         }
+        if self._config.runs_without_params:
+            # The run of help/sources/tutorials/api/monitor.md, and the spec's run object
+            # (static/swagger-specs/flow-service.yaml, AdobeDocs/experience-platform-apis), have
+            # no params: the window is only in the activities' extensions (none while scheduled).
+            del body["params"]
+        return body
 
     @staticmethod
     def _progress(run: Run, status: RunStatus) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -562,11 +603,13 @@ class Store:
             "fileSummary": files,
             "sizeSummary": sizes,
         }
+        # As monitor.md shows the copy activity: its window in milliseconds, in extensions.
+        extensions = {"windowStart": run.window_start * 1000, "windowEnd": run.window_end * 1000}
         activity = {
             "id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"{run.id}/{run.attempts}")),
             "name": "Copy",
             "updatedAtUTC": duration.get("completedAtUTC", started_ms),
-            "durationSummary": dict(duration),
+            "durationSummary": {**duration, "extensions": extensions},
             "statusSummary": dict(summary),
             "recordSummary": dict(records),
             "fileSummary": dict(files),
@@ -624,7 +667,12 @@ class Store:
     # -- statistics ------------------------------------------------------------------------
 
     def stats(self, now: float) -> dict[str, Any]:
-        """The store's part of ``GET /__emulator/stats``: runs, windows, duplicates."""
+        """The store's part of ``GET /__emulator/stats``: runs, windows, duplicates.
+
+        Per window: its runs (ids in creation order), how many are live (scheduled, in progress
+        or succeeded) and how many succeeded. A duplicate is a window with two live runs: a
+        failed run re-triggered into a new one is not.
+        """
         runs = []
         windows: dict[tuple[str, int, int], dict[str, Any]] = {}
         for run in sorted(self._all, key=_by_seq):
@@ -639,6 +687,7 @@ class Store:
                     "attempts": run.attempts,
                     "delta_column": run.delta_column,
                     "created_at": run.created_at,
+                    "retrigger_of": run.retrigger_of,
                 }
             )
             slot = (run.flow_id, run.window_start, run.window_end)
@@ -649,9 +698,14 @@ class Store:
                     "window_start": run.window_start,
                     "window_end": run.window_end,
                     "runs": 0,
+                    "run_ids": [],
+                    "live": 0,
                     "succeeded": 0,
                 }
             window["runs"] += 1
+            window["run_ids"].append(run.id)
+            if status in _LIVE:
+                window["live"] += 1
             if status is RunStatus.SUCCESS:
                 window["succeeded"] += 1
         for flow_id in self._active:
@@ -659,7 +713,7 @@ class Store:
         return {
             "runs": runs,
             "windows": list(windows.values()),
-            "duplicates": [w for w in windows.values() if w["runs"] > 1],
+            "duplicates": [w for w in windows.values() if w["live"] > 1],
             "max_active_runs": dict(self.max_active),
         }
 
@@ -744,6 +798,7 @@ def _run_to_json(run: Run) -> dict[str, Any]:
         "scheduled_for": run.scheduled_for,
         "running_for": run.running_for,
         "seq": run.seq,
+        "retrigger_of": run.retrigger_of,
         "attempts": run.attempts,
         "started_at": run.started_at,
         "starts_at": run.starts_at,
@@ -771,6 +826,7 @@ def _run_from_json(item: dict[str, Any]) -> Run:
         scheduled_for=float(item["scheduled_for"]),
         running_for=float(item["running_for"]),
         seq=int(item["seq"]),
+        retrigger_of=item.get("retrigger_of"),
     )
     run.updater = _identity_from_json(item.get("updater"))
     run.attempts = int(item["attempts"])

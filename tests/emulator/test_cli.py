@@ -46,6 +46,12 @@ FLAGS = [
     "--max-page-size",
     "--state",
     "--ready-file",
+    "--post-error-codes",
+    "--runs-without-params",
+    "--token-only-links",
+    "--self-link",
+    "--listing-lag",
+    "--retrigger-same-run",
 ]
 
 
@@ -94,6 +100,29 @@ def test_flags_build_the_config() -> None:
     assert config_from_args(build_parser().parse_args([])) == EmulatorConfig()
 
 
+def test_variant_flags_build_the_config() -> None:
+    args = build_parser().parse_args(
+        [
+            "--runs-without-params",
+            "--token-only-links",
+            "--self-link",
+            "--listing-lag=2.5",
+            "--drop-rate=0.2",
+            "--post-error-codes=520,408",
+            "--retrigger-same-run",
+        ]
+    )
+    assert config_from_args(args) == EmulatorConfig(
+        runs_without_params=True,
+        token_only_links=True,
+        self_link=True,
+        listing_lag=2.5,
+        drop_rate=0.2,
+        post_error_codes=(520, 408),
+        retrigger_same_run=True,
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
@@ -112,6 +141,11 @@ def test_flags_build_the_config() -> None:
         (["--flow", "a:table", "--flow", "a:file"], "--flow"),
         (["--response-shape", "short"], "--response-shape"),
         (["--fail-rate", "lots"], "--fail-rate"),
+        (["--post-error-codes", "520,x"], "--post-error-codes"),
+        (["--post-error-codes", ","], "--post-error-codes"),
+        (["--error-rate", "0.1", "--post-error-codes", "404"], "--post-error-codes"),
+        (["--post-error-codes", "520"], "--post-error-codes"),
+        (["--listing-lag", "-2"], "--listing-lag"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )

@@ -238,15 +238,18 @@ async def test_fail_rate(start: Start) -> None:
     assert set(statuses) == {"success", "failed"}
     assert 0.14 <= statuses.count("failed") / 300 <= 0.26
 
-    # Re-triggered attempts fail at the same rate.
+    # Re-triggered attempts (new runs of the same windows) fail at the same rate.
     failed = [run["id"] for run in (await api.stats())["runs"] if run["status"] == "failed"]
+    made = []
     for run_id in failed:
         answer = await api.call("POST", f"/runs/{run_id}/action", params={"op": "re-trigger"})
         assert answer.status == 200
+        made.append(answer.body["id"])
     api.clock.advance(1.0)
     again = {run["id"]: run for run in (await api.stats())["runs"]}
-    assert all(again[run_id]["attempts"] == 2 for run_id in failed)
-    still = sum(again[run_id]["status"] == "failed" for run_id in failed)
+    assert all(again[run_id]["status"] == "failed" for run_id in failed)  # they stay failed
+    assert [again[new]["retrigger_of"] for new in made] == failed
+    still = sum(again[new]["status"] == "failed" for new in made)
     assert still < len(failed) / 2
 
 
@@ -263,9 +266,29 @@ async def test_windows_count_runs_and_successes(start: Start) -> None:
     await api.create(start=START + HOUR)
     api.clock.advance(1)
     stats = await api.stats()
-    windows = {(w["window_start"], w["runs"], w["succeeded"]) for w in stats["windows"]}
-    assert windows == {(START, 3, 0), (START + HOUR, 1, 0)}
-    assert [(d["window_start"], d["runs"]) for d in stats["duplicates"]] == [(START, 3)]
+    windows = {(w["window_start"], w["runs"], w["live"], w["succeeded"]) for w in stats["windows"]}
+    assert windows == {(START, 3, 0, 0), (START + HOUR, 1, 0, 0)}
+    assert stats["duplicates"] == []  # failed runs ingest nothing: no window has two live runs
+
+
+async def test_a_retriggered_window_is_not_a_duplicate_two_live_runs_are(start: Start) -> None:
+    api = await start(fail_rate=0.5, seed=21, scheduled_for=1, running_for=1)
+    for i in range(20):
+        await api.create(start=START + i * HOUR)
+    api.clock.advance(2)
+    runs = (await api.stats())["runs"]
+    failed = next(r for r in runs if r["status"] == "failed")
+    ok = next(r for r in runs if r["status"] == "success")
+    answer = await api.call("POST", f"/runs/{failed['id']}/action", params={"op": "re-trigger"})
+    assert answer.status == 200
+    await api.create(start=ok["window_start"])  # a second live run of a succeeded window
+    stats = await api.stats()
+    by_start = {w["window_start"]: w for w in stats["windows"]}
+    retried = by_start[failed["window_start"]]
+    assert (retried["runs"], retried["live"]) == (2, 1)
+    assert retried["run_ids"] == [failed["id"], answer.body["id"]]
+    assert [d["window_start"] for d in stats["duplicates"]] == [ok["window_start"]]
+    assert stats["duplicates"][0]["live"] == 2
 
 
 # -- expiring tokens ---------------------------------------------------------------------

@@ -76,9 +76,37 @@ async def test_a_failed_run_reports_errors_and_can_be_re_triggered(start: Start)
     assert run["metrics"]["recordSummary"]["outputRecordCount"] == 0
     assert run["metrics"]["fileSummary"]["failedFileCount"] > 0
 
+    # retry-flows.md: "A successful response returns a newly created flow run ID".
+    # (Before issue 12 the emulator scheduled the same id again: see the next test.)
+    api.clock.advance(1)
     answer = await api.call("POST", f"/runs/{run_id}/action?op=re-trigger")
     assert answer.status == 200
     assert set(answer.body) == {"id", "etag"}
+    new_id = answer.body["id"]
+    assert new_id != run_id
+
+    new = await get_run(api, new_id)
+    assert new["metrics"] == {"statusSummary": {"status": "scheduled"}}
+    assert new["etag"] == answer.body["etag"]
+    assert new["flowId"] == run["flowId"]
+    assert new["params"] == run["params"]
+    assert new["createdAt"] == run["createdAt"] + 4000
+    assert (await get_run(api, run_id)) == run  # the old run stays failed, untouched
+    old_stats, new_stats = (await api.stats())["runs"]
+    assert (old_stats["attempts"], old_stats["status"]) == (1, "failed")
+    assert (new_stats["retrigger_of"], new_stats["status"]) == (run_id, "scheduled")
+    api.clock.advance(3)
+    assert (await get_run(api, new_id))["metrics"]["statusSummary"]["status"] == "failed"
+
+
+async def test_retrigger_same_run_schedules_the_failed_run_again(start: Start) -> None:
+    api = await start(fail_rate=1.0, scheduled_for=1, running_for=2, retrigger_same_run=True)
+    run_id = (await api.create()).body["id"]
+    api.clock.advance(3)
+    run = await get_run(api, run_id)
+
+    answer = await api.call("POST", f"/runs/{run_id}/action?op=re-trigger")
+    assert answer.status == 200
     assert answer.body["id"] == run_id
     assert answer.body["etag"] != run["etag"]
 

@@ -47,6 +47,7 @@ async def test_stats_document(start: Start) -> None:
         "attempts",
         "delta_column",
         "created_at",
+        "retrigger_of",
     }
     assert first["id"] == run["id"]
     assert first["flow_id"] == FLOW
@@ -55,20 +56,25 @@ async def test_stats_document(start: Start) -> None:
     assert first["attempts"] == 1
     assert first["delta_column"] == "DOB"
     assert isinstance(first["created_at"], float)
+    assert first["retrigger_of"] is None
     assert stats["runs"][1]["delta_column"] is None
 
     window = {"flow_id": FLOW, "window_start": START, "window_end": START + HOUR}
+    ids = [r["id"] for r in stats["runs"]]
+    twice = {**window, "runs": 2, "run_ids": [ids[0], ids[2]], "live": 2, "succeeded": 0}
     assert stats["windows"] == [
-        {**window, "runs": 2, "succeeded": 0},
+        twice,
         {
             **window,
             "window_start": START + HOUR,
             "window_end": START + 2 * HOUR,
             "runs": 1,
+            "run_ids": [ids[1]],
+            "live": 1,
             "succeeded": 0,
         },
     ]
-    assert stats["duplicates"] == [{**window, "runs": 2, "succeeded": 0}]
+    assert stats["duplicates"] == [twice]  # two live runs for one window
 
     by_endpoint = stats["requests"]["by_endpoint"]
     assert set(ENDPOINTS) <= set(by_endpoint)

@@ -82,6 +82,22 @@ def test_a_success_without_records_may_be_re_triggered() -> None:
     with pytest.raises(FlowServiceError):
         store.retrigger(run.id, DEFAULT_IDENTITY)
     run.output_records = 0  # an empty window
+    new = store.retrigger(run.id, DEFAULT_IDENTITY)
+    assert new is not run
+    assert new.retrigger_of == run.id
+    assert (new.window_start, new.window_end, new.attempts) == (1, 2, 1)
+    assert new.status(now[0]) is RunStatus.SCHEDULED
+    assert run.status(now[0]) is RunStatus.SUCCESS
+
+
+def test_retrigger_same_run_reschedules_it() -> None:
+    now = [100.0]
+    store = Store(EmulatorConfig(retrigger_same_run=True), lambda: now[0])
+    run = store.create_run(
+        parse_run_body(body(windowStartTime=1, windowEndTime=2)), DEFAULT_IDENTITY
+    )
+    now[0] += 1
+    run.output_records = 0  # an empty window
     etag = run.etag
     assert store.retrigger(run.id, DEFAULT_IDENTITY) is run
     assert run.attempts == 2
@@ -140,14 +156,15 @@ async def test_state_survives_a_restart(start: Start, tmp_path: Path, clock: Fak
     clock.advance(2)
     before = {run["id"]: run for run in (await first.stats())["runs"]}
     failed = next(run_id for run_id, run in before.items() if run["status"] == "failed")
-    assert (await first.call("POST", f"/runs/{failed}/action?op=re-trigger")).status == 200
+    retriggered = await first.call("POST", f"/runs/{failed}/action?op=re-trigger")
+    assert retriggered.status == 200
     first.emulator.app.save()  # what stopping does
 
     second = await start(**config)
     after = {run["id"]: run for run in (await second.stats())["runs"]}
-    assert list(after) == ids
-    assert after[failed]["attempts"] == 2
-    for run_id in ids:
+    assert list(after) == [*ids, retriggered.body["id"]]
+    assert after[retriggered.body["id"]]["retrigger_of"] == failed
+    for run_id in after:
         original = (await first.call("GET", f"/runs/{run_id}")).body
         assert (await second.call("GET", f"/runs/{run_id}")).body == original
     # The flow keeps its deltaColumn and the issued token stays valid.
