@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from aioresponses import CallbackResult
 from structlog.testing import capture_logs
 from yarl import URL
@@ -79,6 +80,14 @@ class Harness:
 
 
 MakeHarness = Callable[..., Harness]
+
+
+@pytest.fixture(autouse=True)
+def every_level_logged() -> Iterator[None]:
+    """Another test may have configured structlog to drop debug events: start from defaults."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

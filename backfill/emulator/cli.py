@@ -57,7 +57,7 @@ examples:
   backfill emulator --port 0 --ready-file /tmp/emu.url --seed 7 \\
       --rate-limit 20 --error-rate 0.05 --drop-rate 0.01 --fail-rate 0.1
   backfill emulator --state demo-state.json    # restart mid-demo without losing runs
-  backfill emulator --port 0 --runs-without-params --token-only-links --listing-lag 5 \
+  backfill emulator --port 0 --runs-without-params --token-only-links --listing-lag 5 \\
       --drop-rate 0.2 --error-rate 0.05 --post-error-codes 520,408
 """
 
@@ -73,7 +73,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     """Keep the description's layout and show every default that is a value."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, [], False):
+        if action.default in (None, [], (), False):
             return action.help  # "(default: None)" says nothing a reader can use
         return super()._get_help_string(action)
 
