@@ -127,10 +127,6 @@ class FakeService:
                     run.status = self.statuses.pop(0)
         return Page([r.info(hide_window=self.hide_windows) for r in found[:limit]], None)
 
-    @property
-    def clock_offset(self) -> float | None:
-        return None  # no Date headers here: the service's clock is unknown
-
     def created(self) -> list[tuple[str, int, str | None]]:
         return [c[1] for c in self.calls if c[0] == "create"]  # type: ignore[misc]
 

@@ -14,17 +14,21 @@ from aioresponses import CallbackResult
 from structlog.testing import capture_logs
 from yarl import URL
 
-from backfill.client import ApiIdentity, FlowServiceClient, RunInfo
+from backfill.client import ApiIdentity, FlowServiceClient, Page, RunInfo
+from backfill.engine import Engine
 from backfill.engine.board import Board
 from backfill.engine.control import Control
 from backfill.engine.listing import SPARE_PAGES, Lister
 from backfill.engine.options import EngineOptions, Stats
-from backfill.errors import ApiUnavailable, PermanentError, ServerError
+from backfill.errors import ApiUnavailable, PermanentError, RequestNotSent, ServerError
 from backfill.journal import Journal
 from backfill.limits import Backoff, RateLimiter
+from backfill.permits import Permits
 from backfill.planner import FlowPlan, Plan
+from backfill.state import WindowState
 
 from .mock_http import CompatResponse, Mocked
+from .test_engine import FakeService
 
 BASE = "https://platform.adobe.io/data/foundation/flowservice"
 RUNS = re.compile(r"^https://platform\.adobe\.io(:443)?/data/foundation/flowservice/runs(\?.*)?$")
@@ -65,6 +69,7 @@ class Harness:
         self.stats = stats
         self.mocked = mocked
         self.slept: list[float] = []
+        self.stop_in_backoff = False
 
     def sent(self) -> list[URL]:
         """Every GET, grouped by URL in the order each URL was first asked (retries together)."""
@@ -106,16 +111,21 @@ async def make(
             Plan((FlowPlan.single(FLOW, T0, T0 + 7200, 3600),)),
         )
         opened.append(journal)
-        board = Board(journal, options, stats)
+        board = Board(journal, options, stats, lambda: 0.0)
         limiter = RateLimiter(None)
         harness: Harness
 
         async def sleep(seconds: float) -> None:
             harness.slept.append(seconds)
+            if harness.stop_in_backoff:
+                harness.control.stop("stopped during a backoff")
 
-        control = Control(board, limiter, options, stats, sleep)
-        client = FlowServiceClient(session, BASE, ApiIdentity("k", "o@AdobeOrg"), Tokens())
-        harness = Harness(Lister(client, limiter, control, stats, options), control, stats, mocked)
+        permits = Permits(limiter)
+        control = Control(board, permits, options, stats, sleep)
+        client = FlowServiceClient(
+            session, BASE, ApiIdentity("k", "o@AdobeOrg"), Tokens(), permits.take
+        )
+        harness = Harness(Lister(client, control, stats, options), control, stats, mocked)
         return harness
 
     yield build
@@ -234,12 +244,26 @@ async def test_a_listing_failing_while_the_engine_closes_raises_the_error_itself
 ) -> None:
     h = make(max_retries=5)
     mocked.get(RUNS, status=503, body=b"", repeat=True)
-    h.control.stop("test")
+    h.stop_in_backoff = True
 
     with pytest.raises(ServerError):
         await h.runs()
 
-    assert len(h.sent()) == 1
+    assert len(h.sent()) == 1  # the page is not asked again once the engine stops
+    assert h.control.error is None  # a stop, not an outage
+
+
+async def test_a_listing_asked_once_the_engine_stopped_is_not_sent(
+    make: MakeHarness, mocked: Mocked
+) -> None:
+    h = make()
+    mocked.get(RUNS, payload=page(item("r1")))
+    h.control.stop("test")
+
+    with pytest.raises(RequestNotSent):
+        await h.runs()
+
+    assert h.sent() == []
 
 
 async def test_a_last_page_linking_to_itself_ends_the_listing(
@@ -309,3 +333,37 @@ async def test_a_run_on_two_pages_comes_out_once(make: MakeHarness, mocked: Mock
     mocked.get(RUNS, payload=page(item("r2"), item("r3")))
 
     assert [r.run_id for r in await h.runs()] == ["r1", "r2", "r3"]
+
+
+# -- in the engine ----------------------------------------------------------------------
+
+
+async def test_a_listing_that_never_answers_ends_the_backfill_with_exit_75(
+    tmp_path: Path,
+) -> None:
+    service = FakeService()
+
+    async def unavailable(*args: object, **kwargs: object) -> Page:
+        raise ServerError("busy", request="GET /runs", status=503)
+
+    service.list_runs = unavailable  # type: ignore[method-assign]
+    plan = Plan((FlowPlan.single(OTHER, T0, T0 + 3 * 3600, 3600),))
+    journal = Journal.open(tmp_path / "ck.jsonl", plan)
+    options = EngineOptions(
+        wait=True, poll_interval=0.01, seed=2, backoff=Backoff(base=0.01, max_retries=2)
+    )
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    try:
+        outcome = await Engine(journal, service, RateLimiter(None), options, sleep=sleep).run()
+        assert isinstance(outcome.error, ApiUnavailable)
+        assert outcome.error.exit_code == 75
+        assert [journal.state(w) for w in plan.windows()] == [WindowState.SUBMITTED] * 3
+        # One poll: the first try and two retries of its page, then the budget is spent.
+        assert [c[0] for c in service.calls].count("create") == 3
+        assert len(slept) >= 2
+    finally:
+        await journal.close()

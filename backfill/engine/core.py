@@ -7,9 +7,10 @@ This is the whole public surface the rest of ``backfill`` uses: ``run``, ``refre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from backfill.client import RunsApi
-from backfill.errors import BackfillError, RequestNotSent
+from backfill.errors import ApiUnavailable, BackfillError, RequestNotSent
 from backfill.journal import Journal
 from backfill.limits import Clock, RateLimiter, Sleep, monotonic, real_sleep
 from backfill.permits import Permits
@@ -79,19 +80,28 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             for flow in board.flows.values():
                 if flow.gate is Gate.CHECKING:
-                    group.create_task(self._dispatcher.check_gate(flow))
-            group.create_task(self._reconciler.loop())
+                    group.create_task(self._part(self._dispatcher.check_gate(flow)))
+            group.create_task(self._part(self._reconciler.loop()))
             if self._options.monitoring:
-                group.create_task(self._monitor.loop())
-            await self._dispatcher.run(group, self._submitter.work)
+                group.create_task(self._part(self._monitor.loop()))
+            await self._part(self._dispatcher.run(group, self._submitter.work))
             control.close()
         return Outcome(control.stopping or control.draining, control.error)
 
     async def refresh(self) -> None:
         """One reconciliation and one status poll of everything unfinished; no submissions."""
         self._board.prepare()
-        await self._reconciler.batch(final=False)
-        await self._monitor.poll()
+        await self._part(self._reconciler.batch(final=False))
+        await self._part(self._monitor.poll())
+        if self._control.error is not None:
+            raise self._control.error
+
+    async def _part(self, work: Awaitable[object]) -> None:
+        """Run one part; a listing out of retries ends it, and the run (exit 75), cleanly."""
+        try:
+            await work
+        except ApiUnavailable as exc:
+            self._control.fail(exc)  # the Lister did already; the first error stays
 
     def stop(self, reason: str) -> None:
         """Take no new windows; requests in flight finish; returns at once."""
