@@ -12,6 +12,7 @@ import contextlib
 import os
 import pty
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -295,7 +296,11 @@ async def test_retry_takes_the_config_and_gives_every_failed_window_fresh_attemp
     assert len(windows) == 6
     # 2 attempts, then `retry` with the default --max-attempts 3: 3 more, 5 in all.
     assert {w["attempts"] for w in windows} == {5}
-    assert {r["attempts"] for r in runs} == {5}  # re-triggered runs: the emulator's count
+    # The emulator's count: a re-trigger creates a new run of the window (retry-flows.md), so
+    # each window has 5 runs, all failed. (Before issue 12 it re-ran the same id 5 times.)
+    per_window = Counter((r["flow_id"], r["window_start"]) for r in runs)
+    assert set(per_window.values()) == {5}
+    assert {r["status"] for r in runs} == {"failed"}
 
 
 # ------------------------------------------------------------------------------- status
