@@ -45,6 +45,7 @@ class Job:
 
     __slots__ = (
         "attempt",
+        "doubt_wall",
         "first",
         "looks",
         "mode",
@@ -73,6 +74,7 @@ class Job:
         self.next_look = 0.0
         self.looks = 0
         self.settle_until = 0.0
+        self.doubt_wall = 0.0  # wall time the doubt arose: no later run can be this request's
 
 
 class Flow:
@@ -205,6 +207,7 @@ class Board:
         job.looks = 0
         job.next_look = now + delay
         job.settle_until = now + settle
+        job.doubt_wall = wall()
         self.doubt.setdefault(job.window.flow_id, {})[job.window] = job
         self.doubt_added.set()
 

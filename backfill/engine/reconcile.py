@@ -50,6 +50,12 @@ log = structlog.get_logger("backfill.engine")
 
 # Between two looks at a doubt while it settles: at least, and at most (seconds).
 _MIN_LOOK_INTERVAL = 1.0
+# A run created this long after our answer was lost may still be that request's (the service
+# was working on it); later ones cannot be.
+_CREATED_GRACE = 30.0
+# How long past the settle period a scheduled run whose window is not yet readable is waited
+# for, at least (seconds; or ten settle periods).
+_CANDIDATE_WAIT = 300.0
 _MAX_LOOK_INTERVAL = 30.0
 
 
@@ -203,8 +209,16 @@ class Reconciler:
         if fresh:
             await self._adopt(job, fresh, listed, known)
             return
-        unreadable = [run.run_id for run in found.unreadable if run.run_id not in known]
-        settled = job.looks >= 2 and board.clock() >= job.settle_until
+        candidates = self._candidates(job, found, known)
+        now = board.clock()
+        settled = job.looks >= 2 and now >= job.settle_until
+        if settled and any(not run.status.finished for run in candidates):
+            # A scheduled run shows its window only once it starts (Adobe's monitor.md lists a
+            # scheduled run with no activities): wait for it to say, within a bound.
+            settled = now >= job.settle_until + max(
+                _CANDIDATE_WAIT, 10 * self._options.reconcile_settle
+            )
+        unreadable = [run.run_id for run in candidates]
         if not final or not settled:
             # Not yet: the listing may still lag. Look again, backing off.
             interval = max(self._options.reconcile_delay, _MIN_LOOK_INTERVAL) * 2 ** min(
@@ -233,6 +247,21 @@ class Reconciler:
         flow.active -= 1
         flow.retries.append(job)
         board.wake.set()
+
+    def _candidates(self, job: Job, found: Found, known: set[str]) -> list[RunInfo]:
+        """Runs whose window the service does not say and that may be this request's: not
+        known, and not created after the doubt arose (the service's time, with a grace for a
+        request it was still working on when our answer was lost)."""
+        offset = self._clock_offset()
+        latest = None
+        if offset is not None and job.doubt_wall:
+            latest = (job.doubt_wall + offset + _CREATED_GRACE) * 1000
+        return [
+            run
+            for run in found.unreadable
+            if run.run_id not in known
+            and (latest is None or run.created_at is None or run.created_at <= latest)
+        ]
 
     async def _adopt(
         self, job: Job, fresh: list[RunInfo], listed: list[RunInfo], known: set[str]
