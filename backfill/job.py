@@ -128,6 +128,9 @@ async def run_command(
     # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
     # as it was: it is tried before the checkpoint is created or changed.
     _check_port(settings.metrics_port)
+    shard = requested.shard if requested is not None else settings.shard_spec()
+    for field in ("report", "metrics_file"):  # written at the end: their folders are now
+        _check_writable(settings, field, settings.shard_path(getattr(settings, field), shard))
     if _may_ask(settings):
         # Count on a read-only copy first: a "no" leaves no checkpoint behind.
         ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
@@ -816,6 +819,21 @@ def _check_port(port: int | None) -> None:
             sock.bind(("0.0.0.0", port))  # noqa: S104 - where the server will listen
         except OSError as exc:
             raise _port_taken(port, exc) from None
+
+
+def _check_writable(settings: Settings, field: str, path: Path | None) -> None:
+    """A file written at the end (report, metrics) must be writable from the start: exit 2 now,
+    before the checkpoint is created or changed, not a traceback after the whole backfill."""
+    if path is None:
+        return
+    name = f"{settings.source(field)} {path}"
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(name, "is a folder; give the path of a file")
+    if not folder.is_dir():
+        raise ConfigError(name, f"its folder {folder} does not exist; create it or choose another")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(name, f"its folder {folder} is not writable; choose another path")
 
 
 def _port_taken(port: int, exc: OSError) -> ConfigError:

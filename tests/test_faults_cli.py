@@ -264,6 +264,28 @@ async def test_a_metrics_port_in_use_is_exit_2_and_the_checkpoint_is_not_created
     assert stats["requests"]["total"] == 0
 
 
+async def test_a_report_or_metrics_file_that_cannot_be_written_is_exit_2_before_the_checkpoint(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-folder").mkdir()
+    async with emulator() as emu:
+        results = [
+            await run_cli(hourly_run(FLOW_FILE, 3, flag, path), cli_env(emu), tmp_path)
+            for flag, path in (
+                ("--report", "missing/report.json"),
+                ("--metrics-file", "missing/metrics.prom"),
+                ("--report", "a-folder"),
+            )
+        ]
+        stats = emu.stats()
+    for result, named in zip(results, ("report", "metrics-file", "report"), strict=True):
+        assert result.code == 2, result.stderr
+        assert named in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ck.jsonl").exists()
+    assert stats["requests"]["total"] == 0
+
+
 # ------------------------------------------------ 7. status --refresh --json: stdout is JSON only
 
 
