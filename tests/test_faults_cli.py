@@ -314,6 +314,30 @@ async def test_status_refresh_json_prints_only_the_document_on_stdout(tmp_path: 
     assert '"run_finished"' in status.stderr  # the refresh's log lines went to stderr
 
 
+async def test_status_refresh_that_cannot_ask_the_service_says_so_and_is_not_exit_0(
+    tmp_path: Path,
+) -> None:
+    async with emulator(scheduled_for=60.0) as emu:  # runs stay unfinished: refresh polls them
+        run = await run_cli(hourly_run(FLOW_FILE, 3), cli_env(emu), tmp_path)
+        assert run.code == 0, run.stderr
+        refresh = ["status", "--checkpoint", "ck.jsonl", "--refresh", "--json"]
+        not_flow_service = await run_cli(
+            refresh, cli_env(emu, BACKFILL_BASE_URL=emu.url), tmp_path, deadline=60.0
+        )
+    closed = f"http://127.0.0.1:{_closed_port()}/data/foundation/flowservice"
+    budget = {"BACKFILL_MAX_RETRIES": "2", "BACKFILL_BACKOFF_MAX": "0.05"}
+    nothing_listening = await run_cli(
+        refresh, cli_env(None, BACKFILL_BASE_URL=closed, **budget), tmp_path, deadline=60.0
+    )
+    # Stale states are not printed as if the service had just confirmed them.
+    assert not_flow_service.code == 2, not_flow_service.stderr
+    assert "/data/foundation/flowservice" in not_flow_service.stderr
+    assert not_flow_service.stdout == ""
+    assert nothing_listening.code == 75, nothing_listening.stderr
+    assert "gave up after 2 retries" in nothing_listening.stderr
+    assert nothing_listening.stdout == ""
+
+
 # ------------------------------------------- 8. max_active_runs holds per flow across shards
 
 
