@@ -152,6 +152,14 @@ class ClientCredentials:
             body = {}
         if status >= 500 or status == 429:
             raise RetryableError("IMS is unavailable", request=what, status=status)
+        if status in (404, 405) and "error" not in body:
+            # No OAuth error body: the URL is not a token endpoint (a wrong path, another
+            # server), which no change of credentials would fix.
+            raise ConfigError(
+                "ims_url",
+                f"{self._url} answered {status} without IMS's error body: it is not a token "
+                f"endpoint; check BACKFILL_IMS_URL (the default is {IMS_URL})",
+            )
         if status != 200 or not isinstance(body.get("access_token"), str):
             reason = body.get("error_description") or body.get("error") or f"HTTP {status}"
             raise AuthError(

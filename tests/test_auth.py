@@ -197,6 +197,22 @@ async def test_ims_refusals_are_auth_errors_with_the_reason(
     assert credentials.renewals == 0
 
 
+@pytest.mark.parametrize("status", [404, 405])
+async def test_a_url_that_is_not_a_token_endpoint_is_named_not_the_credentials(
+    credentials: ClientCredentials, mocked: Mocked, status: int
+) -> None:
+    mocked.post(IMS_URL, status=status, body=b"404: Not Found", content_type="text/plain")
+
+    with pytest.raises(ConfigError) as info:
+        await credentials.token()
+
+    message = str(info.value)
+    assert message.startswith("ims_url: ")
+    assert IMS_URL in message
+    assert "BACKFILL_IMS_URL" in message
+    assert "BACKFILL_CLIENT_ID" not in message  # credentials are not what is wrong
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
 async def test_ims_outages_are_retryable(
     credentials: ClientCredentials, mocked: Mocked, status: int
