@@ -31,6 +31,7 @@ from .errors import BackfillError, CheckpointLocked, CheckpointMissing, ConfigEr
 from .journal import Holder, Journal, holder
 from .limits import Backoff, RateLimiter, real_sleep
 from .logs import register_secret
+from .paths import write_target_problem
 from .permits import Permits
 from .planner import Plan, Shard, format_time
 from .preview import Preview, ServiceView, preview
@@ -826,14 +827,9 @@ def _check_writable(settings: Settings, field: str, path: Path | None) -> None:
     before the checkpoint is created or changed, not a traceback after the whole backfill."""
     if path is None:
         return
-    name = f"{settings.source(field)} {path}"
-    folder = path.parent
-    if path.is_dir():
-        raise ConfigError(name, "is a folder; give the path of a file")
-    if not folder.is_dir():
-        raise ConfigError(name, f"its folder {folder} does not exist; create it or choose another")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(name, f"its folder {folder} is not writable; choose another path")
+    problem = write_target_problem(path)  # the settings' own check, on the shard's path
+    if problem is not None:
+        raise ConfigError(f"{settings.source(field)} {path}", problem)
 
 
 def _port_taken(port: int, exc: OSError) -> ConfigError:
