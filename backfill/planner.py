@@ -67,9 +67,10 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DIGITS = re.compile(r"^\s*-?\d+\s*$")
 _WINDOW = re.compile(r"^\s*(\d+)\s*(mo|[smhdwqy])\s*$")
 _FIXED_UNITS = {"s": 1, "m": 60, "h": 3600}
-# A unit's average length in seconds (Gregorian months and years), to refuse a window size
-# longer than the whole span backfill plans: no range could hold one such window, and the
-# calendar arithmetic of its boundaries would leave the years datetime can hold.
+# The longest window: ten Gregorian years (one window per decade is already no backfill; far
+# longer sizes would take the calendar arithmetic of their boundaries out of datetime's years).
+# A unit's average length in seconds (Gregorian months and years) measures a size against it.
+MAX_WINDOW = 10 * 31556952
 _NOMINAL = {**_FIXED_UNITS, "d": 86400, "w": 604800, "mo": 2629746, "q": 7889238, "y": 31556952}
 
 
@@ -210,11 +211,11 @@ def parse_window(value: str | int) -> int | tuple[int, Unit]:
 
 def _within_span(n: int, unit: str, text: str) -> None:
     """``ValueError`` unless ``n`` units fit in the span backfill plans."""
-    most = (LATEST - EARLIEST) // _NOMINAL[unit]
+    most = MAX_WINDOW // _NOMINAL[unit]
     if n > most:
         raise ValueError(
-            f"{text!r} is longer than the whole span backfill plans ({format_time(EARLIEST)} "
-            f"to {format_time(LATEST)}); use at most {most}{unit}"
+            f"{text!r} is longer than ten years, the longest window backfill plans; use at "
+            f"most {most}{unit}"
         )
 
 

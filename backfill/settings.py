@@ -44,7 +44,7 @@ from pydantic_settings import (
 from yarl import URL
 
 from .auth import DEFAULT_SCOPES, IMS_URL
-from .calendar import LONGEST, Align, Calendar, check_zone
+from .calendar import Align, Calendar, check_zone
 from .client import PRODUCTION_URL
 from .engine import ExistingRuns, OnFailure, RetryMode
 from .errors import ConfigError
@@ -75,7 +75,6 @@ _SECRETS = ("access_token", "client_secret")
 # Bounds of every number (README, "Options"): past them a value is a typo, not a wish.
 _MAX_RATE = 1_000_000.0  # requests a second; Flow Service allows far fewer (the emulator more)
 _MIN_RATE = 1 / 86_400  # one a day
-_MAX_WINDOW = 366 * 86_400 * 10  # ten years
 _MAX_SHARDS = 10_000
 _CONFIG_BYTES = 1 << 20  # a config file larger than this is not a config file
 _CONFIG_DEPTH = 16  # tables and arrays nested deeper than this are not options
@@ -556,8 +555,6 @@ class Settings(BaseSettings):
                 raise ConfigError(name(field), str(exc)) from None
         start, end = values["start"], values["end"]
         size = values["window"]
-        if (size if isinstance(size, int) else size[0] * LONGEST[size[1]]) > _MAX_WINDOW:
-            raise ConfigError(name("window"), "is longer than ten years; use e.g. 1d or 1mo")
         if end <= start:
             # Blame the flow's own value over the one it inherited.
             own_start = flow.start is not None and flow.end is None
