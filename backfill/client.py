@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,15 +39,18 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .state import RunStatus
+from .state import RecordCounts, RunStatus
 
 if TYPE_CHECKING:
     import aiohttp  # imported by the first request: plan and --help never load it
 
 __all__ = [
+    "RETRIGGER_SPELLINGS",
     "ApiIdentity",
     "CreatedRun",
+    "FlowInfo",
     "FlowServiceClient",
+    "FlowsApi",
     "Page",
     "Permit",
     "RunInfo",
@@ -54,6 +58,15 @@ __all__ = [
     "epoch_seconds",
     "run_window",
 ]
+
+# The re-trigger operation is spelled ``re-trigger`` in the tutorial
+# (help/sources/tutorials/api/retry-flows.md, AdobeDocs/experience-platform.en) and
+# ``RE_TRIGGER`` in the spec's enum (static/swagger-specs/flow-service.yaml,
+# AdobeDocs/experience-platform-apis). The tutorial's first; the other once on a 400 naming it.
+RETRIGGER_SPELLINGS = ("re-trigger", "RE_TRIGGER")
+# A 400 that is about the operation itself (its word, or Flow Service's "Unsupported operation",
+# FLOW-1434-400 in help/sources/errors/flow-service-errors.md), not about the run.
+_NAMES_THE_OPERATION = re.compile(r"\bop\b|operation|RE_TRIGGER", re.IGNORECASE)
 
 PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
 
@@ -97,6 +110,7 @@ class RunInfo:
     raw_status: str
     errors: tuple[dict[str, str], ...] = ()
     created_at: int | None = None  # ``createdAt``, epoch milliseconds, as the service says
+    records: RecordCounts | None = None  # metrics.recordSummary (and fileSummary)
 
     @classmethod
     def parse(cls, item: Mapping[str, Any]) -> RunInfo:
@@ -117,6 +131,7 @@ class RunInfo:
             raw_status=raw,
             errors=errors,
             created_at=_int_or_none(item.get("createdAt")),
+            records=_record_counts(item.get("metrics")),
         )
 
 
@@ -208,6 +223,81 @@ def _iso_seconds(text: str) -> int | None:
     return seconds if 0 <= seconds < _MAX_SECONDS else None
 
 
+def _record_counts(metrics: Any) -> RecordCounts | None:
+    """``metrics.recordSummary`` and ``fileSummary`` (monitor.md); None when not reported.
+
+    A count that is absent or not a number is -1, the service's own "unknown".
+    """
+    if not isinstance(metrics, Mapping):
+        return None
+    records = metrics.get("recordSummary")
+    if not isinstance(records, Mapping) or not records:
+        return None
+
+    def count(summary: Mapping[str, Any], name: str) -> int:
+        value = _int_or_none(summary.get(name))
+        return value if value is not None and value >= 0 else -1
+
+    files_summary = metrics.get("fileSummary")
+    files = None
+    if isinstance(files_summary, Mapping) and files_summary:
+        files = (
+            count(files_summary, "inputFileCount"),
+            count(files_summary, "outputFileCount"),
+            count(files_summary, "failedFileCount"),
+        )
+    return RecordCounts(
+        count(records, "inputRecordCount"),
+        count(records, "outputRecordCount"),
+        count(records, "failedRecordCount"),
+        files,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """What the pre-flight needs of a flow (``GET /flows/{id}``).
+
+    help/sources/tutorials/api/update-dataflows.md shows the flow object: ``scheduleParams``
+    with ``frequency``, and ``transformations`` whose Copy step may carry ``deltaColumn``
+    (help/sources/tutorials/api/collect/database-nosql.md makes it part of flow creation).
+    """
+
+    flow_id: str
+    name: str
+    state: str
+    frequency: str | None
+    delta_column: str | None
+
+    @classmethod
+    def parse(cls, flow_id: str, data: Any) -> FlowInfo:
+        item: Any = data
+        if isinstance(data, Mapping) and isinstance(data.get("items"), list):
+            items = data["items"]
+            item = items[0] if items else None
+        if not isinstance(item, Mapping):
+            raise ServerError(
+                f"the answer has no flow: {str(data)[:200]}", request="GET /flows/{id}", status=200
+            )
+        schedule = item.get("scheduleParams")
+        frequency = schedule.get("frequency") if isinstance(schedule, Mapping) else None
+        delta: str | None = None
+        for step in item.get("transformations") or ():
+            params = step.get("params") if isinstance(step, Mapping) else None
+            column = params.get("deltaColumn") if isinstance(params, Mapping) else None
+            name = column.get("name") if isinstance(column, Mapping) else None
+            if isinstance(name, str) and name.strip():
+                delta = name
+                break
+        return cls(
+            flow_id=str(item.get("id") or flow_id),
+            name=str(item.get("name") or ""),
+            state=str(item.get("state") or ""),
+            frequency=str(frequency) if frequency is not None else None,
+            delta_column=delta,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a listing: its runs, the next page's URL, and the URL that was asked."""
@@ -252,6 +342,12 @@ async def no_permit(what: str, *, acts: bool) -> None:
     """No rate limit (tests, one-off calls)."""
 
 
+class FlowsApi(Protocol):
+    """What the pre-flight needs of the service."""
+
+    async def get_flow(self, flow_id: str) -> FlowInfo: ...
+
+
 class FlowServiceClient:
     """One aiohttp session's worth of Flow Service calls; counts every request it sends."""
 
@@ -277,6 +373,8 @@ class FlowServiceClient:
         self._permit = permit
         self.confirmed = False  # the service has answered once like Flow Service
         self.responses: Counter[str] = Counter()  # status code (or "error") -> requests
+        self.retrigger_op = RETRIGGER_SPELLINGS[0]
+        self._retrigger_op_known = False  # a re-trigger with this spelling was accepted
 
     @property
     def clock_offset(self) -> float | None:
@@ -293,8 +391,17 @@ class FlowServiceClient:
     async def create_run(
         self, flow_id: str, start: int, end: int, delta_column: str | None = None
     ) -> CreatedRun:
-        """``POST /runs`` for one window; window times go as strings of digits."""
-        params: dict[str, Any] = {"windowStartTime": str(start), "windowEndTime": str(end)}
+        """``POST /runs`` for one window; times go as strings of digits.
+
+        ``startTime`` ("the scheduled time of when the on-demand flow run will begin") is now:
+        every request of help/sources/tutorials/api/on-demand-ingestion.md sends it, and the
+        run spec of help/sources/tutorials/api/collect/database-nosql.md lists it as required.
+        """
+        params: dict[str, Any] = {
+            "windowStartTime": str(start),
+            "windowEndTime": str(end),
+            "startTime": str(int(self._wall())),
+        }
         if delta_column is not None:
             params["deltaColumn"] = {"name": delta_column}
         body = orjson.dumps({"flowId": flow_id, "params": params})
@@ -302,14 +409,36 @@ class FlowServiceClient:
         return _created(data, "POST /runs")
 
     async def retrigger(self, run_id: str) -> CreatedRun:
-        """``POST /runs/{id}/action?op=re-trigger``: run a failed run's window again."""
-        url = (self._runs_url / run_id / "action").with_query(op="re-trigger")
-        data = await self._send("POST", url, "POST /runs/{id}/action?op=re-trigger", body=b"")
+        """``POST /runs/{id}/action?op=re-trigger``: run a failed (or empty) run's window again.
+
+        A 400 that names the operation means the service spells it the other way: that
+        spelling is tried once, and whichever is accepted is used from then on. A 400 was
+        refused before anything was done, so the second request cannot make a second run.
+        """
+        op = self.retrigger_op
+        try:
+            data = await self._retrigger_as(run_id, op)
+        except PermanentError as exc:
+            if self._retrigger_op_known or not _names_the_operation(exc):
+                raise
+            other = next(s for s in RETRIGGER_SPELLINGS if s != op)
+            data = await self._retrigger_as(run_id, other)
+            self.retrigger_op = other
+        self._retrigger_op_known = True
         # The answer is {"id", "etag"} where the id is a NEW run: "A successful response returns
         # a newly created flow run ID" (help/sources/tutorials/api/retry-flows.md in
         # AdobeDocs/experience-platform.en; it re-triggers 4fb0418e-... and gets 3fb0418e-...).
         # An answer without an id leaves the new run unknown: in doubt, like a lost answer.
         return _created(data, "re-trigger")
+
+    async def _retrigger_as(self, run_id: str, op: str) -> Any:
+        url = (self._runs_url / run_id / "action").with_query(op=op)
+        return await self._send("POST", url, f"POST /runs/{{id}}/action?op={op}", body=b"")
+
+    async def get_flow(self, flow_id: str) -> FlowInfo:
+        """``GET /flows/{id}``: the flow's schedule and its Copy transformation's delta column."""
+        data = await self._send("GET", self._base / "flows" / flow_id, "GET /flows/{id}")
+        return FlowInfo.parse(flow_id, data)
 
     async def list_runs(
         self,
@@ -566,6 +695,12 @@ def _with_filters(url: URL, query: Sequence[tuple[str, str]]) -> URL:
         if (name, value) not in have and not (name in _SINGLE_VALUED and name in names)
     ]
     return url.extend_query(missing) if missing else url
+
+
+def _names_the_operation(exc: PermanentError) -> bool:
+    if exc.status != 400 or isinstance(exc, AuthError):
+        return False
+    return exc.code == "1434-400" or bool(_NAMES_THE_OPERATION.search(exc.detail))
 
 
 def _created(data: Any, what: str) -> CreatedRun:

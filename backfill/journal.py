@@ -6,6 +6,7 @@ File format, one JSON object per line:
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitting", "a": 1, "ts": 1700000000}
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitted", "a": 1, "id": "<run id>"}
     {"t": "w", "f": 0, "s": 1651584991, "st": "failed", "err": [...], "n": 1}   run failed
+    {"t": "w", "f": 0, "s": 1651584991, "st": "empty", "rc": [0, 0, 0]}       record counts
     {"t": "plan", "fingerprint": ..., "plan": {...}}                           --extend
     {"t": "snap", ...}                                                         compaction
 
@@ -18,6 +19,8 @@ it is durable, and every task waiting at that moment shares one ``fsync`` (group
 last line is dropped; a bad line anywhere else stops everything and the file is left exactly
 as it was. Compaction rewrites it
 atomically. Secrets never enter it.
+``rc`` (optional, added after format 1 was first written; older files simply lack it) holds
+a finished run's record counts, ``[input, output, failed]`` and then the file counts if known.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from .errors import (
 )
 from .owner import Owner, Pulled, check_kind, lock_new_file, sidecar_path
 from .planner import Plan, Window
-from .state import MOVES, IllegalTransition, WindowState, check_transition
+from .state import MOVES, IllegalTransition, RecordCounts, WindowState, check_transition
 
 __all__ = ["Entry", "Holder", "Journal", "Replay", "holder"]
 
@@ -69,6 +72,7 @@ class Entry:
     __slots__ = (
         "attempt",
         "candidates",
+        "counts",
         "duplicates",
         "errors",
         "old_runs",
@@ -93,6 +97,7 @@ class Entry:
         # Runs created since the intent whose window the service did not say: while any may be
         # this window's, the window stays in doubt and is not sent again.
         self.candidates: tuple[str, ...] = ()
+        self.counts: RecordCounts | None = None  # what the latest finished run ingested
 
     @property
     def in_doubt(self) -> bool:
@@ -146,6 +151,7 @@ class _Index:
         "duplicates",
         "errors",
         "old_runs",
+        "records",
         "run_flows",
         "since",
         "suffixes",
@@ -161,6 +167,8 @@ class _Index:
         self.suffixes: dict[int, bytes] = {}  # packed int -> its 8 bytes (a handful in use)
         self.duplicates: dict[int, tuple[str, ...]] = {}  # notes: other live runs (rare)
         self.candidates: dict[int, tuple[str, ...]] = {}  # notes: runs that may be its (rare)
+        # finished windows' record counts as recorded: [in, out, failed(, files in, out, failed)]
+        self.records: dict[int, list[int]] = {}
 
     def suffix(self, word: int) -> bytes:
         known = self.suffixes.get(word)
@@ -193,6 +201,11 @@ class _Index:
                 word |= _RETRIGGER
         elif self.since:
             self.since.pop(key, None)
+        counts = get("rc")
+        if counts is not None:
+            self.records[key] = counts
+        elif new == _SUBMITTING and self.records:
+            self.records.pop(key, None)  # a new attempt: the earlier run's counts are not its
         errors = get("err")
         if errors is not None:
             self.errors[key] = errors
@@ -243,11 +256,24 @@ class _Index:
             entry.errors = self.errors.get(key)
         if self.since:
             entry.since = self.since.get(key, 0.0)
+        if self.records:
+            counts = self.records.get(key)
+            if counts is not None:
+                entry.counts = RecordCounts.from_list(counts)
         return entry
 
     def counts(self) -> dict[WindowState, int]:
         found = Counter(map(_state_of, self.windows.values()))
         return {state: found.get(i, 0) for i, state in enumerate(_STATES)}
+
+    def record_totals(self) -> list[int]:
+        """Known (not -1) input, output and failed records, summed over the windows."""
+        totals = [0, 0, 0]
+        for counts in self.records.values():
+            for i, value in enumerate(counts[:3]):
+                if value > 0:
+                    totals[i] += value
+        return totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +315,7 @@ class Journal:
         self._wall = wall
         self._index = _Index()
         self._counts = dict.fromkeys(WindowState, 0)  # recorded windows by state
+        self._records = [0, 0, 0]  # input, output, failed records of every window's last run
         self._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -427,6 +454,7 @@ class Journal:
         )
         journal._index = scan.index
         journal._counts = scan.index.counts()
+        journal._records = scan.index.record_totals()
         compacted = False
         if not readonly:
             if extended:
@@ -543,6 +571,17 @@ class Journal:
         counts[WindowState.PENDING] += self._planned - len(self._index.windows)
         return counts
 
+    def record_totals(self) -> dict[str, int]:
+        """Records read, ingested and failed, summed over every window's latest run (known
+        counts only: -1 is "unknown")."""
+        return dict(zip(("input", "output", "failed"), self._records, strict=True))
+
+    def _add_records(self, counts: list[int], sign: int) -> None:
+        totals = self._records
+        for i, value in enumerate(counts[:3]):
+            if value > 0:
+                totals[i] += sign * value
+
     # ---------------------------------------------------------------- writing
 
     def record_nowait(
@@ -555,12 +594,24 @@ class Journal:
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
         retrying: bool | None = None,
+        counts: RecordCounts | None = None,
     ) -> None:
         """Apply a move now; it becomes durable with the next commit.
 
-        ``retrying`` (a failure only): whether the window has an attempt left.
+        ``retrying`` (a failure only): whether the window has an attempt left; ``counts``: the
+        finished run's record counts.
         """
-        self._append(window, state, attempt, run_id, errors, mode, durable=False, retrying=retrying)
+        self._append(
+            window,
+            state,
+            attempt,
+            run_id,
+            errors,
+            mode,
+            durable=False,
+            retrying=retrying,
+            counts=counts,
+        )
 
     async def record(
         self,
@@ -572,10 +623,19 @@ class Journal:
         errors: list[dict[str, str]] | None = None,
         mode: str | None = None,
         retrying: bool | None = None,
+        counts: RecordCounts | None = None,
     ) -> None:
         """Apply a move and return once it (and everything before it) is durable."""
         waiter = self._append(
-            window, state, attempt, run_id, errors, mode, durable=True, retrying=retrying
+            window,
+            state,
+            attempt,
+            run_id,
+            errors,
+            mode,
+            durable=True,
+            retrying=retrying,
+            counts=counts,
         )
         if waiter is not None:
             await waiter
@@ -650,6 +710,7 @@ class Journal:
         *,
         durable: bool,
         retrying: bool | None = None,
+        counts: RecordCounts | None = None,
     ) -> asyncio.Future[None] | None:
         if self._failure is not None:
             raise self._failure
@@ -673,11 +734,21 @@ class Journal:
             record["err"] = errors
         if retrying is not None:
             record["n"] = int(retrying)
+        if counts is not None:
+            record["rc"] = counts.to_list()
         if state is WindowState.SUBMITTING:
             record["ts"] = round(self._wall(), 3)
             if mode:
                 record["m"] = mode
+        held = self._index.records
+        earlier = held.get(key) if held else None
         self._index.apply(key, record, _STATE_AT[state])
+        later = held.get(key) if held else None
+        if later is not earlier:
+            if earlier is not None:
+                self._add_records(earlier, -1)
+            if later is not None:
+                self._add_records(later, 1)
         self._buffer.append(orjson.dumps(record) + b"\n")
         self.records += 1
         waiter: asyncio.Future[None] | None = None
@@ -1055,6 +1126,8 @@ def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
         record["dup"] = list(entry.duplicates)
     if entry.candidates:
         record["cand"] = list(entry.candidates)
+    if entry.counts is not None:
+        record["rc"] = entry.counts.to_list()
     return record
 
 

@@ -35,7 +35,7 @@ from backfill.errors import (
     ServerError,
     TransportError,
 )
-from backfill.state import RunStatus
+from backfill.state import RecordCounts, RunStatus
 
 from .mock_http import Mocked
 
@@ -94,7 +94,7 @@ def tokens() -> FakeTokens:
 
 @pytest.fixture
 def client(session: aiohttp.ClientSession, tokens: FakeTokens) -> FlowServiceClient:
-    return FlowServiceClient(session, BASE + "/", IDENTITY, tokens)
+    return FlowServiceClient(session, BASE + "/", IDENTITY, tokens, wall=lambda: 1700000000.75)
 
 
 def calls(mock: Mocked) -> list[tuple[str, URL, dict[str, Any]]]:
@@ -134,7 +134,11 @@ async def test_create_run_sends_the_headers_and_the_window_as_digits(
     body = orjson.loads(kwargs["data"])
     assert body == {
         "flowId": FLOW,
-        "params": {"windowStartTime": "1651584991", "windowEndTime": "1651585956"},
+        "params": {
+            "windowStartTime": "1651584991",
+            "windowEndTime": "1651585956",
+            "startTime": "1700000000",
+        },
     }
 
 
@@ -150,6 +154,7 @@ async def test_create_run_sends_the_delta_column_only_when_given(
     assert params == {
         "windowStartTime": "1651584991",
         "windowEndTime": "1651585956",
+        "startTime": "1700000000",
         "deltaColumn": {"name": "DOB"},
     }
 
@@ -1066,3 +1071,91 @@ async def test_the_clock_offset_comes_from_the_date_header(
     assert offset() == -920.0  # the latest answer counts, errors too
     await client.list_runs(FLOW)
     assert offset() == -920.0  # an unreadable Date changes nothing
+
+
+# ------------------------------------------- outcomes, re-trigger spelling, flows (issue 13)
+
+
+async def test_record_and_file_counts_and_created_at_are_read(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    run = {
+        "id": "r1",
+        "flowId": FLOW,
+        "createdAt": 1700000000123,
+        "metrics": {
+            "statusSummary": {"status": "PARTIAL_SUCCESS"},
+            "recordSummary": {
+                "inputRecordCount": 10,
+                "outputRecordCount": 9,
+                "failedRecordCount": 1,
+            },
+            "fileSummary": {"inputFileCount": 2, "outputFileCount": 2, "failedFileCount": "x"},
+        },
+    }
+    mocked.get(re.compile(r".*/runs\?.*"), payload={"items": [run, {"id": "r2"}], "_links": {}})
+
+    page = await client.list_runs(FLOW)
+
+    first, second = page.runs
+    assert first.status is RunStatus.PARTIAL_SUCCESS
+    assert first.records == RecordCounts(10, 9, 1, (2, 2, -1))
+    assert first.created_at == 1700000000123
+    assert (second.records, second.created_at, second.status) == (None, None, RunStatus.UNKNOWN)
+
+
+async def test_retrigger_falls_back_to_the_spec_spelling_once_and_keeps_it(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    refused = {
+        "type": "https://ns.adobe.com/aep/errors/FLOW-1434-400",
+        "title": "Invalid request",
+        "status": 400,
+        "report": {"detailed-message": "Unsupported operation 're-trigger' received."},
+    }
+    mocked.post(f"{RUNS}/a/action?op=re-trigger", status=400, payload=refused)
+    mocked.post(f"{RUNS}/a/action?op=RE_TRIGGER", status=200, payload={"id": "a2", "etag": "e"})
+    mocked.post(f"{RUNS}/b/action?op=RE_TRIGGER", status=200, payload={"id": "b2", "etag": "e"})
+
+    assert (await client.retrigger("a")).run_id == "a2"
+    assert (await client.retrigger("b")).run_id == "b2"
+
+    ops = [url.query["op"] for _, url, _ in calls(mocked)]
+    assert ops == ["re-trigger", "RE_TRIGGER", "RE_TRIGGER"]
+    assert client.retrigger_op == "RE_TRIGGER"
+
+
+async def test_a_400_about_the_run_is_not_retried_with_the_other_spelling(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    refused = {
+        "type": "https://ns.adobe.com/aep/errors/FLOW-1460-400",
+        "status": 400,
+        "report": {"detailed-message": "Flow run a is success: it cannot be re-triggered."},
+    }
+    mocked.post(f"{RUNS}/a/action?op=re-trigger", status=400, payload=refused)
+
+    with pytest.raises(PermanentError):
+        await client.retrigger("a")
+
+    assert [url.query["op"] for _, url, _ in calls(mocked)] == ["re-trigger"]
+
+
+async def test_get_flow_reads_the_schedule_and_the_copy_delta_column(
+    client: FlowServiceClient, mocked: Mocked
+) -> None:
+    flow = {
+        "id": FLOW,
+        "name": "crm",
+        "state": "enabled",
+        "scheduleParams": {"startTime": "1700000000", "frequency": "once"},
+        "transformations": [
+            {"name": "Mapping", "params": {"mappingId": "m"}},
+            {"name": "Copy", "params": {"deltaColumn": {"name": "updated_at"}}},
+        ],
+    }
+    mocked.get(f"{BASE}/flows/{FLOW}", payload={"items": [flow]})
+
+    info = await client.get_flow(FLOW)
+
+    assert (info.frequency, info.delta_column, info.state) == ("once", "updated_at", "enabled")
