@@ -229,6 +229,18 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     )
     _flag(runs, "poll-interval", "seconds between status polls (default 10)", metavar="S")
     _flag(
+        runs,
+        "retry-empty",
+        "re-trigger runs that succeeded with 0 records, within --max-attempts",
+        action="store_true",
+    )
+    _flag(
+        runs,
+        "run-timeout",
+        "a run not finished this long after its creation fails for good: 30m, 12h (default 12h)",
+        metavar="D",
+    )
+    _flag(
         runs, "reconcile-delay", "seconds before looking up a lost answer (default 2)", metavar="S"
     )
     _flag(
@@ -305,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send again the windows that failed for good, each with fresh --max-attempts",
     )
     _run_flags(retry)
+    _flag(
+        retry,
+        "empty",
+        "also re-trigger windows whose run succeeded with 0 records ingested",
+        action="store_true",
+    )
 
     status = commands.add_parser("status", help="show a checkpoint (or several shards')")
     status.add_argument(
@@ -341,6 +359,7 @@ _NOT_SETTINGS = {
     "retry_failed",
     "dry_run",
     "shell",
+    "empty",
 }
 
 
@@ -491,6 +510,7 @@ def _dispatch(
         run_command(
             settings,
             retry_failed=command == "retry" or bool(namespace.get("retry_failed")),
+            retry_empty=bool(namespace.get("empty")),
             from_checkpoint=command == "retry",
             json_lines=json_lines,
             live=live,

@@ -27,6 +27,7 @@ import structlog
 from .auth import ClientCredentials, StaticToken, TokenProvider
 from .client import ApiIdentity, FlowServiceClient
 from .engine import Engine, EngineOptions, ExistingRuns, Outcome
+from .engine.preflight import preflight
 from .errors import BackfillError, CheckpointLocked, CheckpointMissing, ConfigError, ExitCode
 from .journal import Holder, Journal, holder
 from .limits import Backoff, RateLimiter, real_sleep
@@ -41,6 +42,7 @@ from .report import (
     plan_summary,
     print_summary,
     progress_task,
+    records_line,
     status_document,
     write_report,
 )
@@ -107,11 +109,17 @@ async def run_command(
     settings: Settings,
     *,
     retry_failed: bool = False,
+    retry_empty: bool = False,
     from_checkpoint: bool = False,
     json_lines: bool = True,
     live: bool = False,
 ) -> ExitCode:
-    """``run`` (and ``retry``): submit every window not yet accepted, resumably."""
+    """``run`` (and ``retry``): submit every window not yet accepted, resumably.
+
+    The checkpoint is opened first (its problems need no network), then the credentials are
+    tried and every flow goes through the pre-flight, before anything is sent. A command that
+    stops before it recorded anything leaves no checkpoint behind it had just created.
+    """
     settings.refuse_idle_options()
     settings.require_credentials()
     if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
@@ -137,14 +145,37 @@ async def run_command(
         ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
         _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
     journal = Journal.open(path, requested, extend=settings.extend)
+    untouched = False
     try:
         _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
         _log_opened(journal)
         return await _run(
-            settings, journal, retry_failed=retry_failed, json_lines=json_lines, live=live
+            settings,
+            journal,
+            retry_failed=retry_failed,
+            retry_empty=retry_empty,
+            json_lines=json_lines,
+            live=live,
         )
+    except BaseException:
+        # Refused before anything was recorded (credentials, the pre-flight): the corrected
+        # command must not meet a checkpoint this one created.
+        untouched = journal.replay.created and journal.records == 0
+        raise
     finally:
         await journal.close()
+        if untouched:
+            path.unlink(missing_ok=True)
+
+
+def _may_send(journal: Journal, options: EngineOptions) -> bool:
+    """Whether any window may still need a request (then the flows are checked first)."""
+    counts = journal.counts()
+    waiting = counts[WindowState.PENDING] + counts[WindowState.SUBMITTING]
+    waiting += counts[WindowState.FAILED]
+    if options.retry_empty:
+        waiting += counts[WindowState.EMPTY]
+    return waiting > 0
 
 
 def _checkpoint_file(settings: Settings, path: Path) -> Path:
@@ -385,12 +416,20 @@ def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
 
 
 async def _run(
-    settings: Settings, journal: Journal, *, retry_failed: bool, json_lines: bool, live: bool
+    settings: Settings,
+    journal: Journal,
+    *,
+    retry_failed: bool,
+    retry_empty: bool,
+    json_lines: bool,
+    live: bool,
 ) -> ExitCode:
     loop = asyncio.get_running_loop()
     plan = journal.plan
     rate = settings.effective_rate(plan.shard.count)  # a retried checkpoint knows its shard
-    options = _engine_options(settings, retry_failed=retry_failed, shard=plan.shard)
+    options = _engine_options(
+        settings, retry_failed=retry_failed, retry_empty=retry_empty, shard=plan.shard
+    )
     async with _session(settings) as session:
         tokens = _tokens(settings, session)
         limiter = RateLimiter(rate)
@@ -398,10 +437,16 @@ async def _run(
         client = FlowServiceClient(
             session, settings.base_url, _identity(settings), tokens, permits.take
         )
-        engine = Engine(journal, client, limiter, options, permits=permits)
-        metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
         # Bad credentials fail here, before anything is sent; an IMS outage is retried.
         await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
+        if _may_send(journal, options):
+            # Each flow once, before anything is sent (its GET takes a rate permit).
+            with_column = await preflight(
+                client, plan.flows, sandbox=settings.sandbox_name, backoff=options.backoff
+            )
+            options = replace(options, flows_with_delta_column=with_column)
+        engine = Engine(journal, client, limiter, options, permits=permits)
+        metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
         log.info(
             "backfill_started",
             windows=plan.count(),
@@ -596,6 +641,8 @@ def _print_status(
         out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
     for flow in plan.flows:
         out.write(f"  {flow.flow_id}: {flow.describe()}\n")
+    out.write(f"  {records_line(journal.record_totals())}
+")
     sending = [w for w, _ in journal.items({WindowState.SUBMITTING})]
     label = LABELS[WindowState.SUBMITTING]
     if held is not None:
@@ -636,6 +683,24 @@ def _print_status(
         )
     if len(failed) > 20:
         out.write(f"  ... and {len(failed) - 20:,} more failed\n")
+    # Empty and partial runs succeeded, so they do not fail the backfill; they are shown.
+    for state, hint in (
+        (WindowState.EMPTY, "no record ingested; `retry --empty` re-triggers it"),
+        (WindowState.PARTIAL, "some records failed"),
+    ):
+        found = list(journal.items({state}))
+        for window, entry in found[:20]:
+            records = entry.counts.as_dict() if entry.counts else {}
+            counted = ", ".join(f"{k} {v:,}" for k, v in records.items() if k in _RECORDS)
+            out.write(
+                f"  {LABELS[state]}: {window.flow_id} {format_time(window.start)} run "
+                f"{entry.run_id}: {counted or 'no counts'} ({hint})\n"
+            )
+        if len(found) > 20:
+            out.write(f"  ... and {len(found) - 20:,} more {LABELS[state]}\n")
+
+
+_RECORDS = ("input", "output", "failed")
 
 
 def _reason(errors: list[dict[str, str]] | None) -> str:
@@ -751,7 +816,9 @@ def _register_secrets(settings: Settings) -> None:
             register_secret(secret.get_secret_value())
 
 
-def _engine_options(settings: Settings, *, retry_failed: bool, shard: Shard) -> EngineOptions:
+def _engine_options(
+    settings: Settings, *, retry_failed: bool, shard: Shard, retry_empty: bool = False
+) -> EngineOptions:
     return EngineOptions(
         concurrency=settings.concurrency,
         order=settings.order,
@@ -761,6 +828,8 @@ def _engine_options(settings: Settings, *, retry_failed: bool, shard: Shard) -> 
         retry_mode=settings.retry_mode,
         on_failure=settings.on_failure,
         retry_failed=retry_failed,
+        retry_empty=retry_empty or settings.retry_empty,
+        run_timeout=settings.run_timeout,
         poll_interval=settings.poll_interval,
         poll_max_interval=max(settings.poll_interval, 120.0),
         reconcile_delay=settings.reconcile_delay,
@@ -795,6 +864,7 @@ def _metrics(
             token_renewals=lambda: tokens.renewals,
             duplicates=lambda: engine.stats.duplicates_found,
             adopted_existing=lambda: engine.stats.adopted_existing,
+            records=journal.record_totals,
         ),
         shard=str(plan.shard),
     )
@@ -857,6 +927,7 @@ def _snapshot(
         requests=sum(client.responses.values()),
         rate_limited=client.responses.get("429", 0),
         done_at_start=done_at_start,
+        records=journal.record_totals(),
         extra={
             "submitted": stats.submitted,
             "answers_lost": stats.in_doubt,
@@ -915,6 +986,7 @@ def _totals(snapshot: Snapshot, engine: Engine, outcome: Outcome, code: ExitCode
         "requests_sent": snapshot.requests,
         "rate_limited_429": snapshot.rate_limited,
         **snapshot.extra,
+        "records": snapshot.records,
         "unknown_statuses": sorted(engine.unknown_statuses),
     }
 

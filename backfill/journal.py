@@ -119,6 +119,7 @@ _STATE_AT = {state: i for i, state in enumerate(_STATES)}
 _INDEX_OF = {state.value: i for i, state in enumerate(_STATES)}
 _SUBMITTING = _STATE_AT[WindowState.SUBMITTING]
 _FAILED = _STATE_AT[WindowState.FAILED]
+_EMPTY = _STATE_AT[WindowState.EMPTY]
 _STATE_BITS = 7
 _RETRIGGER = 8
 _RETRYING = 16
@@ -547,8 +548,9 @@ class Journal:
             if window is not None and entry is not None:
                 yield window, entry
 
-    def unfinished(self, windows: Iterable[Window]) -> Iterator[Window]:
-        """Those of ``windows`` that are pending or failed: the only ones a run may send.
+    def unfinished(self, windows: Iterable[Window], *, empty: bool = False) -> Iterator[Window]:
+        """Those of ``windows`` that are pending or failed (or, with ``empty``, ingested
+        nothing: --retry-empty): the only ones a run may send.
 
         A resume walks every planned window; this skips the finished ones at the cost of one
         dict read each, without building an entry or a state.
@@ -558,7 +560,7 @@ class Journal:
         for window in windows:
             value = get((flow_index[window.flow_id] << _SHIFT) | window.start, 0)
             bits = (value if isinstance(value, int) else value[-1]) & _STATE_BITS
-            if bits in (0, _FAILED):  # pending (0) or failed
+            if bits in (0, _FAILED) or (empty and bits == _EMPTY):  # pending (0) or failed
                 yield window
 
     def has_run(self, flow_id: str) -> bool:

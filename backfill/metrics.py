@@ -38,6 +38,7 @@ class MetricsSource:
     token_renewals: Callable[[], int]
     duplicates: Callable[[], int] = lambda: 0
     adopted_existing: Callable[[], int] = lambda: 0
+    records: Callable[[], dict[str, int]] = dict  # input, output, failed records
 
 
 Page = Callable[[], tuple[str, bytes]]  # () -> (content type, body)
@@ -113,6 +114,15 @@ class _Collector(Collector):
             family = CounterMetricFamily(name, doc, labels=names)
             family.add_metric(values, read())
             yield family
+        records = GaugeMetricFamily(
+            "backfill_records",
+            "Records of every window's latest run, as the service counted them "
+            "(metrics.recordSummary): read (input), ingested (output), failed",
+            labels=[*names, "kind"],
+        )
+        for kind, count in source.records().items():
+            records.add_metric([*values, kind], count)
+        yield records
         wait = CounterMetricFamily(
             "backfill_rate_limit_wait_seconds", "Time spent waiting for rate permits", labels=names
         )

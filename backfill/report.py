@@ -31,6 +31,7 @@ __all__ = [
     "duplicate_windows",
     "print_summary",
     "progress_task",
+    "records_line",
     "status_document",
     "window_rows",
     "write_report",
@@ -53,13 +54,14 @@ class Snapshot:
     rate_limited: int = 0
     done_at_start: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)  # input, output, failed: summed
 
     @property
     def done(self) -> int:
         """Windows that need nothing more: accepted (or, with --wait, finished)."""
         c = self.counts
         if self.wait:
-            return c[WindowState.SUCCEEDED] + c[WindowState.FAILED]
+            return sum(c[s] for s in WindowState if s.finished)
         return sum(c[s] for s in WindowState if s.accepted)
 
     @property
@@ -85,6 +87,7 @@ class Snapshot:
             "requests": self.requests,
             "rate_limited": self.rate_limited,
             **self.extra,
+            "records": dict(self.records),
         }
 
 
@@ -174,6 +177,16 @@ def print_summary(
             f"{lost:,} {LABELS[WindowState.SUBMITTING]}, answer lost or never sent: the next run "
             "looks them up at the service before sending anything again"
         )
+    if snapshot.records:
+        console.print(records_line(snapshot.records))
+
+
+def records_line(records: dict[str, int]) -> str:
+    """Records summed over every window's latest run, as the service counted them."""
+    return (
+        f"records: {records.get('output', 0):,} ingested, {records.get('failed', 0):,} failed, "
+        f"{records.get('input', 0):,} read"
+    )
 
 
 def window_rows(journal: Journal) -> Iterator[tuple[Window, Entry | None]]:
@@ -202,6 +215,7 @@ def _row(window: Window, entry: Entry | None, *, detail: bool) -> dict[str, Any]
         row["in_doubt"] = bool(entry and entry.in_doubt)
         row["errors"] = (entry.errors or []) if entry else []
         row["previous_runs"] = list(entry.old_runs) if entry else []
+    row["records"] = entry.counts.as_dict() if entry and entry.counts else None
     return row
 
 
@@ -235,15 +249,19 @@ def status_document(
     (planned total, each checkpoint and its holder, missing shards) follow.
     """
     counts = dict.fromkeys(WindowState, 0)
+    records = dict.fromkeys(("input", "output", "failed"), 0)
     yield b'{"windows": ['
     first = True
     for journal in journals:
         for state, n in journal.counts().items():
             counts[state] += n
+        for kind, n in journal.record_totals().items():
+            records[kind] += n
         for window, entry in window_rows(journal):
             yield (b"\n  " if first else b",\n  ") + orjson.dumps(_row(window, entry, detail=False))
             first = False
     tail = orjson.dumps({s.value: n for s, n in counts.items()})
+    tail += b', "records": ' + orjson.dumps(records)
     more = b", " + orjson.dumps(extra)[1:-1] if extra else b""
     yield b'\n], "counts": ' + tail + more + b"}\n"
 

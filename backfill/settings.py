@@ -70,6 +70,7 @@ _FLOW_ID = re.compile(
 )
 _ORG_ID = re.compile(r"[A-Za-z0-9]+@AdobeOrg")
 _SANDBOX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_SANDBOX_CASE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SECRETS = ("access_token", "client_secret")
 
 # Bounds of every number (README, "Options"): past them a value is a typo, not a wish.
@@ -235,6 +236,8 @@ class Settings(BaseSettings):
     reconcile_settle: Annotated[float, BeforeValidator(_not_bool)] = Field(
         60.0, ge=0, le=86400, allow_inf_nan=False
     )
+    run_timeout: Seconds = 12 * 3600.0
+    retry_empty: bool = False
     existing_runs: ExistingRuns = ExistingRuns.ADOPT
 
     # Failures
@@ -384,6 +387,14 @@ class Settings(BaseSettings):
         if not _SANDBOX.fullmatch(value):
             raise ValueError(
                 f"{shown(value)} is not a sandbox name (letters, digits, - and _), e.g. prod"
+            )
+        if not _SANDBOX_CASE.fullmatch(value):
+            # "x-sandbox-name whose value is the all-lowercase name of the sandbox": the Flow
+            # Service spec's introduction (static/swagger-specs/flow-service.yaml,
+            # AdobeDocs/experience-platform-apis).
+            raise ValueError(
+                f"{value!r} has upper-case letters, and sandbox names are all lower case: "
+                f"use {value.lower()!r}"
             )
         return value
 

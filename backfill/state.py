@@ -141,7 +141,7 @@ class RunStatus(StrEnum):
 
     @classmethod
     def parse(cls, text: str | None) -> RunStatus:
-        """Case-insensitive, with or without ``_``/``-``; anything else is UNKNOWN (not finished)."""
+        """Case-insensitive, with or without ``_``; anything else is UNKNOWN (not finished)."""
         key = (text or "").lower().replace("_", "").replace("-", "").replace(" ", "")
         return _STATUS_WORDS.get(key, cls.UNKNOWN)
 

@@ -84,6 +84,10 @@ class EmulatorApp:
         self.total = 0
         self.dropped = 0
         self._request_serial = 0
+        # The re-trigger op: "re-trigger" (retry-flows.md), "RE_TRIGGER" (the spec's enum).
+        spelling = config.retrigger_spelling
+        self._retrigger_ops = ("re-trigger", "RE_TRIGGER") if spelling == "both" else (spelling,)
+        self.status_words: dict[str, int] = {}  # every status word served, and how often
 
     def now(self) -> float:
         """Emulator time, epoch seconds."""
@@ -214,7 +218,15 @@ class EmulatorApp:
 
     async def _get_run(self, request: web.Request, who: Identity) -> web.Response:
         run = self.store.get_run(request.match_info["id"])
-        return _json(200, {"items": [self.store.render_run(run, self.now())]})
+        return _json(200, {"items": self._served([self.store.render_run(run, self.now())])})
+
+    def _served(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Count the status words of runs about to be served (the record a test judges by)."""
+        words = self.status_words
+        for item in items:
+            word = item["metrics"]["statusSummary"]["status"]
+            words[word] = words.get(word, 0) + 1
+        return items
 
     async def _list_runs(self, request: web.Request, who: Identity) -> web.Response:
         config = self.config
@@ -233,13 +245,20 @@ class EmulatorApp:
             # --self-link: the last page names itself as the next one; following it is a loop.
             links["next"] = {"href": self_href(params)}
         render = self.store.render_run
-        return _json(200, {"items": [render(run, now) for run in page.runs], "_links": links})
+        items = self._served([render(run, now) for run in page.runs])
+        return _json(200, {"items": items, "_links": links})
 
     async def _run_action(self, request: web.Request, who: Identity) -> web.Response:
         op = request.query.get("op", "")
         run_id = request.match_info["id"]
-        if op != "re-trigger":
-            raise FlowServiceError(1461, f"op={op!r} is not supported: use op=re-trigger.")
+        accepted = self._retrigger_ops
+        if op not in accepted:
+            # FLOW-1434-400 "Unsupported operation 'move' received" (flow-service-errors.md).
+            raise FlowServiceError(
+                1434,
+                f"Unsupported operation {op!r} received. Please use one of the supported "
+                f"operation types ({', '.join(accepted)}) and try again.",
+            )
         # {"id", "etag"}: the id of the new run (retry-flows.md), or the same one with
         # --retrigger-same-run.
         run = self.store.retrigger(run_id, who)
@@ -308,6 +327,7 @@ class EmulatorApp:
             "dropped": self.dropped,
             "max_active_runs": store["max_active_runs"],
             "tokens_issued": self.gate.tokens_issued,
+            "status_words": dict(self.status_words),
         }
 
     def reset(self) -> None:
@@ -319,6 +339,7 @@ class EmulatorApp:
             counts.clear()
         self.total = 0
         self.dropped = 0
+        self.status_words.clear()
 
     # -- persistence -----------------------------------------------------------------------
 

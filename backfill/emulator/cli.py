@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -54,6 +55,9 @@ inspection:
 
 examples:
   backfill emulator --port 8080 --flow 3abea21c-7e36-4be1-bec1-d3bad0e3e0de:table
+  backfill emulator --flow 3abea21c-7e36-4be1-bec1-d3bad0e3e0de:table:once:updated_at \\
+      --empty-rate 0.1 --partial-rate 0.05 --status-vocabulary upper --require-start-time
+
   backfill emulator --port 0 --ready-file /tmp/emu.url --seed 7 \\
       --rate-limit 20 --error-rate 0.05 --drop-rate 0.01 --fail-rate 0.1
   backfill emulator --state demo-state.json    # restart mid-demo without losing runs
@@ -78,13 +82,23 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         return super()._get_help_string(action)
 
 
-def _flow(text: str) -> tuple[str, FlowKind]:
-    flow_id, sep, kind = text.rpartition(":")
-    if not sep or not flow_id or kind not in ("table", "file"):
+_FLOW = re.compile(r"(?P<id>.+?):(?P<kind>table|file)(?::(?P<freq>[a-z]+))?(?::(?P<delta>[^:]+))?")
+_ADVERBS = {"hourly": "hour", "daily": "day", "weekly": "week", "minutely": "minute"}
+
+
+def _flow(text: str) -> tuple[str, FlowKind, str | None, str | None]:
+    """``ID:KIND[:FREQUENCY[:DELTA_COLUMN]]``: the frequency and the delta column are optional."""
+    match = _FLOW.fullmatch(text)
+    if match is None:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not ID:table or ID:file (e.g. 3abea21c-...:table)"
+            f"{text!r} is not ID:KIND[:FREQUENCY[:DELTA_COLUMN]] with KIND table or file "
+            "(e.g. 3abea21c-...:table, 3abea21c-...:table:hourly, "
+            "3abea21c-...:table:once:updated_at)"
         )
-    return flow_id, FlowKind(kind)
+    frequency = match.group("freq")
+    if frequency is not None:
+        frequency = _ADVERBS.get(frequency, frequency)
+    return match.group("id"), FlowKind(match.group("kind")), frequency, match.group("delta")
 
 
 def _status_codes(text: str) -> tuple[int, ...]:
@@ -157,9 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_flow,
         action="append",
         default=[],
-        metavar="ID:KIND",
-        help="declare a flow, KIND 'table' (its first run must carry deltaColumn) or 'file' "
-        "(runs must not); repeatable. Once any flow is declared, other flow ids get 1430-400",
+        metavar="ID:KIND[:FREQ[:COLUMN]]",
+        help="declare a flow, KIND 'table' (its first run must carry deltaColumn, unless the "
+        "flow has COLUMN from creation) or 'file' (runs must not); FREQ is its "
+        "scheduleParams.frequency: once (the default), minute, hour/hourly, day/daily, "
+        "week/weekly, and only 'once' flows take on-demand runs (others: 1462-400). "
+        "Repeatable. Once any flow is declared, other flow ids get 1430-400 on POST /runs "
+        "and 1439-404 on GET /flows",
     )
 
     auth = parser.add_argument_group(
@@ -207,6 +225,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of runs (and of re-triggered attempts) that end 'failed'",
     )
     lifecycle.add_argument(
+        "--empty-rate",
+        type=float,
+        default=default.empty_rate,
+        metavar="FRACTION",
+        help="fraction of successful attempts that ingest no record (recordSummary counts 0; "
+        "such a run may be re-triggered)",
+    )
+    lifecycle.add_argument(
+        "--partial-rate",
+        type=float,
+        default=default.partial_rate,
+        metavar="FRACTION",
+        help="fraction of successful attempts with failed records (failedRecordCount > 0 and "
+        "errors, as in monitor.md)",
+    )
+    lifecycle.add_argument(
+        "--stuck-rate",
+        type=float,
+        default=default.stuck_rate,
+        metavar="FRACTION",
+        help="fraction of attempts that never finish, reporting --stuck-status once started",
+    )
+    lifecycle.add_argument(
+        "--stuck-status",
+        default=default.stuck_status,
+        metavar="WORD",
+        help="the status word of a stuck run (a word clients do not know, to rehearse one)",
+    )
+    lifecycle.add_argument(
+        "--status-vocabulary",
+        choices=("camel", "upper"),
+        default=default.status_vocabulary,
+        help="run status words: 'camel' as public material shows them (scheduled, "
+        "inProgress, success, failed), 'upper' as the spec's StatusDTO (SCHEDULED, "
+        "IN_PROGRESS, SUCCESS, PARTIAL_SUCCESS, FAILED, ...)",
+    )
+    lifecycle.add_argument(
+        "--status-synonyms",
+        action="store_true",
+        help="draw each attempt's words among every synonym of the vocabulary (queued, "
+        "pending, running, completed, partialSuccess, partialFailure, cancelled, canceled, "
+        "QUEUED, COMPLETED, PARTIAL_FAILURE, ...)",
+    )
+    lifecycle.add_argument(
         "--max-active-runs",
         type=int,
         metavar="N",
@@ -251,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=default.jitter,
         metavar="SECONDS",
         help="uniform +/- spread around --latency (never below 0)",
+    )
+    faults.add_argument(
+        "--require-start-time",
+        action="store_true",
+        help="refuse a POST /runs without params.startTime (1400-400), as the table-based run "
+        "spec lists it as required",
+    )
+    faults.add_argument(
+        "--retrigger-spelling",
+        choices=("re-trigger", "RE_TRIGGER", "both"),
+        default=default.retrigger_spelling,
+        help="the op of POST /runs/{id}/action accepted: the tutorial's re-trigger, the "
+        "spec's RE_TRIGGER, or both; any other is 1434-400 (unsupported operation)",
     )
     faults.add_argument(
         "--drop-rate",
@@ -316,7 +391,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         port=args.port,
         seed=args.seed,
         response_shape=args.response_shape,
-        flows=tuple(args.flow),
+        flows=tuple((flow_id, kind) for flow_id, kind, _, _ in args.flow),
+        flow_schedules=tuple(
+            (flow_id, frequency or "once", column)
+            for flow_id, _, frequency, column in args.flow
+            if frequency is not None or column is not None
+        ),
         token=args.token,
         api_key=args.api_key,
         org=args.org,
@@ -342,6 +422,14 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         listing_lag=args.listing_lag,
         post_error_codes=args.post_error_codes,
         retrigger_same_run=args.retrigger_same_run,
+        empty_rate=args.empty_rate,
+        partial_rate=args.partial_rate,
+        status_vocabulary=args.status_vocabulary,
+        status_synonyms=args.status_synonyms,
+        stuck_rate=args.stuck_rate,
+        stuck_status=args.stuck_status,
+        require_start_time=args.require_start_time,
+        retrigger_spelling=args.retrigger_spelling,
     )
 
 

@@ -8,9 +8,24 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, cast
 
-__all__ = ["EmulatorConfig", "FlowKind", "ResponseShape"]
+__all__ = [
+    "FREQUENCIES",
+    "RETRIGGER_SPELLINGS",
+    "EmulatorConfig",
+    "FlowKind",
+    "ResponseShape",
+    "StatusVocabulary",
+]
 
 ResponseShape = Literal["full", "items"]
+# Run status words: "camel" as public material shows them (help/sources/tutorials/api/monitor.md),
+# "upper" as the spec's StatusDTO enum (static/swagger-specs/flow-service.yaml).
+StatusVocabulary = Literal["camel", "upper"]
+# scheduleParams.frequency: "Valid values include once, minute, hour, day, week" (the spec's
+# POST /flows description, static/swagger-specs/flow-service.yaml).
+FREQUENCIES = ("once", "minute", "hour", "day", "week")
+# op of POST /runs/{id}/action: the tutorial's (retry-flows.md) and the spec's enum.
+RETRIGGER_SPELLINGS = ("re-trigger", "RE_TRIGGER", "both")
 
 
 class FlowKind(StrEnum):
@@ -29,6 +44,8 @@ class EmulatorConfig:
     seed: int = 0
     response_shape: ResponseShape = "full"
     flows: tuple[tuple[str, FlowKind], ...] = ()
+    # Declared flows' schedule and Copy delta column at creation: (flow id, frequency, column).
+    flow_schedules: tuple[tuple[str, str, str | None], ...] = ()
     token: str | None = None
     api_key: str | None = None
     org: str | None = None
@@ -55,6 +72,14 @@ class EmulatorConfig:
     listing_lag: float = 0.0
     post_error_codes: tuple[int, ...] = ()
     retrigger_same_run: bool = False
+    empty_rate: float = 0.0
+    partial_rate: float = 0.0
+    status_vocabulary: StatusVocabulary = "camel"
+    status_synonyms: bool = False
+    stuck_rate: float = 0.0
+    stuck_status: str = "paused"
+    require_start_time: bool = False
+    retrigger_spelling: str = "re-trigger"
 
     def __post_init__(self) -> None:
         # Accept "table"/"file" strings too, so callers need not import the enum.
@@ -87,6 +112,9 @@ class EmulatorConfig:
             ("--fail-rate", self.fail_rate),
             ("--error-rate", self.error_rate),
             ("--drop-rate", self.drop_rate),
+            ("--empty-rate", self.empty_rate),
+            ("--partial-rate", self.partial_rate),
+            ("--stuck-rate", self.stuck_rate),
         ):
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 found.append(f"{name} must be a fraction between 0 and 1, got {value}")
@@ -111,6 +139,30 @@ class EmulatorConfig:
             found.append(f"--retry-after must be a number of seconds >= 0, got {self.retry_after}")
         if self.max_active_runs is not None and self.max_active_runs < 1:
             found.append(f"--max-active-runs must be at least 1, got {self.max_active_runs}")
+        if self.status_vocabulary not in ("camel", "upper"):
+            found.append(
+                f"--status-vocabulary must be 'camel' or 'upper', got {self.status_vocabulary!r}"
+            )
+        if not self.stuck_status.strip():
+            found.append("--stuck-status must be a non-empty status word")
+        if self.retrigger_spelling not in RETRIGGER_SPELLINGS:
+            found.append(
+                "--retrigger-spelling must be 're-trigger', 'RE_TRIGGER' or 'both', "
+                f"got {self.retrigger_spelling!r}"
+            )
+        kinds = dict(self.flows)
+        for flow_id, frequency, column in self.flow_schedules:
+            if flow_id not in kinds:
+                found.append(f"--flow {flow_id}: a schedule needs the flow declared with a kind")
+            if frequency not in FREQUENCIES:
+                found.append(
+                    f"--flow {flow_id}: frequency must be one of {', '.join(FREQUENCIES)} "
+                    f"(or hourly, daily, weekly), got {frequency!r}"
+                )
+            if column is not None and (not column.strip() or kinds.get(flow_id) is FlowKind.FILE):
+                found.append(
+                    f"--flow {flow_id}: a delta column needs a table flow and a non-empty name"
+                )
         if self.max_page_size < 1:
             found.append(f"--max-page-size must be at least 1, got {self.max_page_size}")
         odd = [code for code in self.post_error_codes if code != 408 and not 500 <= code <= 599]
@@ -154,5 +206,8 @@ class EmulatorConfig:
 
     @property
     def strict_flows(self) -> bool:
-        """Declared flows make every other flow id unknown (``1430-400``)."""
+        """Declared flows make every other flow id unknown.
+
+        ``1430-400`` on ``POST /runs``, ``1439-404`` on ``GET /flows``.
+        """
         return bool(self.flows)

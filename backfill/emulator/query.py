@@ -97,6 +97,14 @@ def parse_query(
         elif name == "count":
             want_count = value.strip().lower() == "true"
         # Unknown parameters (``start``, ``properties``, ...) are ignored, as by the service.
+    if want_count and any(name == "limit" for name, _ in params):
+        # FLOW-1401-400 (help/sources/errors/flow-service-errors.md).
+        raise FlowServiceError(
+            1401,
+            "The limit and count parameters cannot be given together in the same request. "
+            "Please provide either only the limit or the count parameter and try again.",
+        )
+
     fingerprint = _fingerprint(raw_filters, descending)
     issued_for = None if bare_tokens else fingerprint
     after = _decode_token(token, issued_for) if token is not None else None

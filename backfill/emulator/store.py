@@ -72,6 +72,32 @@ _ACTIVE = (RunStatus.SCHEDULED, RunStatus.IN_PROGRESS)
 # A run that ingests, has ingested or will: two of these for one window is a duplicate.
 _LIVE = (RunStatus.SCHEDULED, RunStatus.IN_PROGRESS, RunStatus.SUCCESS)
 
+_PARTIAL = "partial"  # a success with failed records: its own words in the spec's vocabulary
+
+# The words a status is rendered with, per vocabulary; the first unless --status-synonyms, which
+# draws one per attempt. "camel": the words of public material (monitor.md shows a run that
+# ingested with record errors as "success" with failedRecordCount > 0), plus the camel-case
+# forms of the spec's words and both spellings of "cancelled". "upper": the spec's StatusDTO
+# enum (static/swagger-specs/flow-service.yaml, AdobeDocs/experience-platform-apis).
+STATUS_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "camel": {
+        RunStatus.SCHEDULED: ("scheduled", "queued", "pending"),
+        RunStatus.IN_PROGRESS: ("inProgress", "running"),
+        RunStatus.SUCCESS: ("success", "completed"),
+        _PARTIAL: ("success", "partialSuccess"),
+        RunStatus.FAILED: ("failed", "partialFailure", "cancelled", "canceled"),
+    },
+    "upper": {
+        RunStatus.SCHEDULED: ("SCHEDULED", "QUEUED"),
+        RunStatus.IN_PROGRESS: ("IN_PROGRESS",),
+        RunStatus.SUCCESS: ("SUCCESS", "COMPLETED"),
+        _PARTIAL: ("PARTIAL_SUCCESS",),
+        RunStatus.FAILED: ("FAILED", "PARTIAL_FAILURE"),
+    },
+}
+# A stuck run (--stuck-rate) never ends: it stays in progress this long (not inf: JSON state).
+_FOREVER = 1e9
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -103,6 +129,10 @@ class Fate:
     files: int
     record_bytes: int
     error: tuple[str, str]
+    empty: bool = False  # succeeds having ingested nothing (--empty-rate)
+    failed_records: int = 0  # succeeds with this many records failed (--partial-rate)
+    stuck: bool = False  # never finishes (--stuck-rate)
+    word: int = 0  # which synonym its status words use (--status-synonyms)
 
 
 @dataclass(slots=True, eq=False)
@@ -133,6 +163,8 @@ class Run:
     input_files: int = 0
     input_bytes: int = 0
     error: tuple[str, str] = ("", "")
+    stuck: bool = False
+    word: int = 0
     created_ms: int = field(init=False)
     key: tuple[int, str] = field(init=False)  # the order of every listing: (createdAt, id)
 
@@ -162,14 +194,32 @@ class Run:
         self.updater = who
         self.started_at = now
         self.starts_at = now + self.scheduled_for
-        self.ends_at = self.starts_at + self.running_for
+        self.stuck = fate.stuck
+        self.ends_at = self.starts_at + (_FOREVER if fate.stuck else self.running_for)
         self.etag = etag
         self.failed = fate.failed
-        self.input_records = fate.records
-        self.output_records = 0 if fate.failed else fate.records
-        self.input_files = fate.files
-        self.input_bytes = fate.records * fate.record_bytes
+        records = 0 if fate.empty and not fate.failed else fate.records
+        self.input_records = records
+        self.output_records = 0 if fate.failed else records - fate.failed_records
+        self.input_files = 0 if records == 0 else fate.files
+        self.input_bytes = records * fate.record_bytes
         self.error = fate.error
+        self.word = fate.word
+
+    @property
+    def partial(self) -> bool:
+        """Succeeded, with some records failed."""
+        return not self.failed and self.output_records < self.input_records
+
+    def outcome(self, now: float) -> str:
+        """How the emulator's record judges the run: success, empty, partial, failed, or its
+        status while it is not finished."""
+        status = self.status(now)
+        if status is RunStatus.SUCCESS:
+            if self.partial:
+                return "partial"
+            return "empty" if self.output_records == 0 else "success"
+        return status.value
 
 
 @dataclass(slots=True, eq=False)
@@ -183,6 +233,7 @@ class Flow:
     delta_column: str | None = None
     owner: Identity | None = None
     last_run: Run | None = None
+    frequency: str = "once"  # scheduleParams.frequency
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,15 +342,22 @@ class Store:
         self._declare(config, now())
 
     def _declare(self, config: EmulatorConfig, now: float) -> None:
+        schedules = {flow_id: (freq, column) for flow_id, freq, column in config.flow_schedules}
         for flow_id, kind in config.flows:
             known = self.flows.get(flow_id)
             if known is None:
-                self.flows[flow_id] = Flow(flow_id, kind, declared=True, created_at=now)
+                known = self.flows[flow_id] = Flow(flow_id, kind, declared=True, created_at=now)
             else:
                 # The command line wins over a saved state: it is what the user asked for now.
                 known.kind, known.declared = kind, True
                 if kind is FlowKind.FILE:
                     known.delta_column = None
+            frequency, column = schedules.get(flow_id, ("once", None))
+            known.frequency = frequency
+            if column is not None:
+                # A table flow may carry its delta column from creation, in its Copy
+                # transformation (help/sources/tutorials/api/collect/database-nosql.md).
+                known.delta_column = column
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -324,7 +382,14 @@ class Store:
         if flow is not None:
             return flow
         if self._config.strict_flows:
-            raise FlowServiceError(1430, f"Flow {flow_id} was not found.", status=404)
+            # FLOW-1439-404 (help/sources/tutorials/api/labels.md; 1439 in
+            # help/sources/errors/flow-service-errors.md).
+            raise FlowServiceError(
+                1439,
+                f"The requested flows resource {flow_id} is not found. Verify the resource ID "
+                "before trying again.",
+                status=404,
+            )
         return Flow(flow_id, None, declared=False, created_at=self._now())
 
     # -- writing ---------------------------------------------------------------------------
@@ -334,6 +399,21 @@ class Store:
         flow = self.flows.get(request.flow_id)
         if flow is None and self._config.strict_flows:
             raise FlowServiceError(1430, f"Flow {request.flow_id} was not found.")
+        if flow is not None and flow.frequency != "once":
+            # On-demand runs need a flow "scheduled for one-time ingestion"
+            # (help/sources/tutorials/api/on-demand-ingestion.md). The code is not
+            # documented: the emulator's own (see errors.py).
+            raise FlowServiceError(
+                1462,
+                f"Flow {request.flow_id} is scheduled every {flow.frequency}: on-demand runs "
+                "need a flow scheduled for one-time ingestion (frequency once).",
+            )
+        if self._config.require_start_time and "startTime" not in request.params:
+            # Required by the table-based run spec (help/sources/tutorials/api/collect/
+            # database-nosql.md); sent by every request of on-demand-ingestion.md.
+            raise FlowServiceError(
+                1400, "params.startTime is required: unix time in seconds, e.g. now."
+            )
         delta = request.delta_column
         kind = flow.kind if flow is not None else None
         if kind is None:
@@ -501,7 +581,17 @@ class Store:
         files = 1 + int(draws[2] * 12)
         record_bytes = 180 + int(draws[3] * 1_021)
         error = _RUN_ERRORS[int(draws[4] * len(_RUN_ERRORS))]
-        return Fate(failed, records, files, record_bytes, error)
+        # The outcome's own draws, from a second digest: the first one's draws (and so every
+        # fate of an existing seed) stay what they were before these flags existed.
+        more = hashlib.blake2b(key + b"/outcome", digest_size=40).digest()
+        extra = [int.from_bytes(more[i : i + 8], "big") / 2.0**64 for i in range(0, 40, 8)]
+        config = self._config
+        empty = not failed and extra[0] < config.empty_rate
+        partial = not failed and not empty and extra[1] < config.partial_rate
+        failed_records = 1 + int(extra[2] * records / 10) if partial else 0
+        stuck = extra[3] < config.stuck_rate
+        word = int(extra[4] * 2**16) if config.status_synonyms else 0
+        return Fate(failed, records, files, record_bytes, error, empty, failed_records, stuck, word)
 
     def reset(self) -> None:
         """Forget every run and every flow that was not declared (``POST /__emulator/reset``)."""
@@ -521,11 +611,11 @@ class Store:
         creator, updater = run.creator, run.updater
         metrics: dict[str, Any]
         if status is RunStatus.SCHEDULED:
-            metrics = {"statusSummary": {"status": "scheduled"}}
+            metrics = {"statusSummary": {"status": self.status_word(run, status)}}
             activities: list[dict[str, Any]] = []
             updated_ms = epoch_ms(run.started_at)
         else:
-            metrics, activity = self._progress(run, status)
+            metrics, activity = self._progress(run, status, self.status_word(run, status))
             activities = [activity]
             updated_ms = run.updated_ms(now)
         body: dict[str, Any] = {
@@ -552,8 +642,16 @@ class Store:
             del body["params"]
         return body
 
+    def status_word(self, run: Run, status: RunStatus) -> str:
+        """The word this run's status is rendered with, in the configured vocabulary."""
+        if run.stuck and status is RunStatus.IN_PROGRESS:
+            return self._config.stuck_status
+        key: str = _PARTIAL if status is RunStatus.SUCCESS and run.partial else status
+        words = STATUS_WORDS[self._config.status_vocabulary][key]
+        return words[run.word % len(words)]
+
     @staticmethod
-    def _progress(run: Run, status: RunStatus) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _progress(run: Run, status: RunStatus, word: str) -> tuple[dict[str, Any], dict[str, Any]]:
         started_ms = epoch_ms(run.starts_at)
         if status is RunStatus.IN_PROGRESS:
             # Counts are unknown (-1) until the run ends, as Flow Service reports them.
@@ -571,7 +669,7 @@ class Store:
                 "skippedFileCount": -1,
             }
             sizes = {"inputBytes": -1, "outputBytes": -1}
-            summary: dict[str, Any] = {"status": "inProgress"}
+            summary: dict[str, Any] = {"status": word}
         else:
             failed = status is RunStatus.FAILED
             duration = {"startedAtUTC": started_ms, "completedAtUTC": epoch_ms(run.ends_at)}
@@ -592,10 +690,19 @@ class Store:
                 # Parquet written to the data lake is smaller than what was read.
                 "outputBytes": 0 if failed else run.input_bytes * 3 // 5,
             }
-            summary = {"status": status.value}
+            summary = {"status": word}
             if failed:
                 code, message = run.error
                 summary["errors"] = [{"code": code, "message": message}]
+            elif run.partial:
+                # As in monitor.md: a success whose failed records are listed as errors.
+                failures = run.input_records - run.output_records
+                summary["errors"] = [
+                    {
+                        "code": "CONNECTOR-2003-400",
+                        "message": f"{failures} records failed validation and were skipped.",
+                    }
+                ]
         metrics = {
             "statusSummary": summary,
             "durationSummary": duration,
@@ -644,12 +751,10 @@ class Store:
             "imsOrgId": owner.org,
             "sourceConnectionIds": [str(uuid.uuid5(uuid.NAMESPACE_OID, f"{flow.id}/source"))],
             "targetConnectionIds": [str(uuid.uuid5(uuid.NAMESPACE_OID, f"{flow.id}/target"))],
-            "scheduleParams": {
-                "startTime": str(int(flow.created_at)),
-                "frequency": "once",
-                "interval": 0,
-                "backfill": False,
-            },
+            # A one-time flow has no interval nor backfill (update-dataflows.md shows a
+            # scheduled one: values as strings).
+            "scheduleParams": {"startTime": str(int(flow.created_at)), "frequency": flow.frequency}
+            | ({} if flow.frequency == "once" else {"interval": "1", "backfill": "true"}),
             "transformations": [{"name": "Copy", "params": copy_params}],
             "runs": f"/runs?property=flowId=={flow.id}",
         }
@@ -688,6 +793,13 @@ class Store:
                     "delta_column": run.delta_column,
                     "created_at": run.created_at,
                     "retrigger_of": run.retrigger_of,
+                    "start_time": run.params.get("startTime"),
+                    "outcome": run.outcome(now),
+                    "records": {
+                        "input": run.input_records,
+                        "output": run.output_records,
+                        "failed": run.input_records - run.output_records,
+                    },
                 }
             )
             slot = (run.flow_id, run.window_start, run.window_end)
@@ -810,6 +922,8 @@ def _run_to_json(run: Run) -> dict[str, Any]:
         "input_files": run.input_files,
         "input_bytes": run.input_bytes,
         "error": list(run.error),
+        "stuck": run.stuck,
+        "word": run.word,
     }
 
 
@@ -841,6 +955,8 @@ def _run_from_json(item: dict[str, Any]) -> Run:
     run.input_bytes = int(item["input_bytes"])
     code, message = item["error"]
     run.error = (str(code), str(message))
+    run.stuck = bool(item.get("stuck", False))
+    run.word = int(item.get("word", 0))
     return run
 
 
@@ -853,6 +969,7 @@ def _flow_to_json(flow: Flow) -> dict[str, Any]:
         "delta_column": flow.delta_column,
         "owner": _identity_to_json(flow.owner) if flow.owner else None,
         "last_run": flow.last_run.id if flow.last_run else None,
+        "frequency": flow.frequency,
     }
 
 
@@ -867,6 +984,7 @@ def _flow_from_json(item: dict[str, Any], runs: dict[str, Run]) -> Flow:
         delta_column=item.get("delta_column"),
         owner=_identity_from_json(owner) if owner else None,
         last_run=runs.get(item.get("last_run") or ""),
+        frequency=str(item.get("frequency") or "once"),
     )
 
 

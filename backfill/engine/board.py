@@ -21,11 +21,11 @@ from backfill.client import RunInfo
 from backfill.journal import Entry, Journal
 from backfill.limits import Clock
 from backfill.planner import FlowPlan, Window
-from backfill.state import RunStatus, WindowState
+from backfill.state import TIMED_OUT, RunStatus, WindowState
 
 from .options import EngineOptions, RetryMode, Stats
 
-__all__ = ["Board", "Flow", "Gate", "Job", "window_fields"]
+__all__ = ["Board", "Flow", "Gate", "Job", "timed_out", "window_fields"]
 
 log = structlog.get_logger("backfill.engine")
 
@@ -133,8 +133,12 @@ class Board:
         self.flows = {
             flow.flow_id: Flow(
                 flow,
-                self.journal.unfinished(flow.windows(options.order, plan.shard)),
-                Gate.OPEN if flow.delta_column is None else Gate.CHECKING,
+                self.journal.unfinished(
+                    flow.windows(options.order, plan.shard), empty=options.retry_empty
+                ),
+                Gate.OPEN
+                if flow.delta_column is None or flow.flow_id in options.flows_with_delta_column
+                else Gate.CHECKING,
             )
             for flow in plan.flows
         }
@@ -160,7 +164,9 @@ class Board:
                 self.owners[entry.run_id] = window
                 flow.tracked[entry.run_id] = window
                 flow.active += 1
-            elif state is WindowState.FAILED and options.retry_failed:
+            elif (
+                state is WindowState.FAILED or (state is WindowState.EMPTY and options.retry_empty)
+            ) and options.retry_failed:
                 # `retry`: every failed window gets a fresh --max-attempts, however many
                 # attempts the run before it allowed.
                 self.budget[window] = entry.attempt
@@ -172,6 +178,17 @@ class Board:
     def allowed(self, window: Window) -> int:
         """How many attempts the window may have in all."""
         return self.budget.get(window, 0) + self.options.max_attempts
+
+    def rerunnable(self, window: Window, entry: Entry) -> bool:
+        """Is this finished window sent again? Failed (or, with --retry-empty, empty) with
+        attempts left; one that timed out only when `retry` asked for it (its run may still be
+        going at the service)."""
+        if entry.state is WindowState.FAILED:
+            if timed_out(entry) and window not in self.budget:
+                return False
+        elif entry.state is not WindowState.EMPTY or not self.options.retry_empty:
+            return False
+        return entry.attempt < self.allowed(window)
 
     def retry_job(self, window: Window, entry: Entry) -> Job:
         """The next attempt of a window whose run failed."""
@@ -271,6 +288,12 @@ class Board:
 def _live(run: RunInfo) -> bool:
     """Scheduled, in progress or succeeded: a run that ingests (or will ingest) its window."""
     return run.status is not RunStatus.FAILED
+
+
+def timed_out(entry: Entry) -> bool:
+    """The window failed for good because its run outlived --run-timeout."""
+    errors = entry.errors
+    return bool(errors) and errors is not None and errors[0].get("code") == TIMED_OUT
 
 
 def window_fields(window: Window) -> dict[str, Any]:

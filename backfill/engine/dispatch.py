@@ -134,9 +134,9 @@ class Dispatcher:
             if state is WindowState.PENDING:
                 entry = journal.get(window)
                 return Job(window, entry.attempt + 1 if entry is not None else 1)
-            if state is WindowState.FAILED:
+            if state is WindowState.FAILED or state is WindowState.EMPTY:
                 entry = journal.get(window)
-                if entry is not None and entry.attempt < board.allowed(window):
+                if entry is not None and board.rerunnable(window, entry):
                     return board.retry_job(window, entry)
         flow.exhausted = True
         return None

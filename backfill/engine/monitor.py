@@ -1,8 +1,11 @@
 """The monitor: following accepted runs to their end, and queueing re-runs of failed ones.
 
-    tracked runs -> one listing per flow and page of run ids -> status records
-    succeeded: slot freed; failed: re-run (re-trigger or new run) until attempts run out,
-    then failed for good
+    tracked runs -> one listing per flow and page of run ids -> status records (with the
+    run's record counts)
+    succeeded, partial: slot freed; empty: slot freed, re-triggered with --retry-empty
+    failed: re-run (re-trigger or new run) until attempts run out, then failed for good
+    not finished --run-timeout after its creation (any status word, known or not):
+    failed for good, "timed out", never re-run on its own
 
 Polls back off while nothing changes; polls that keep failing draw on the retry budget, then
 stop the run (exit 75). It may touch: the board's tracked runs, slots and
@@ -12,13 +15,16 @@ window up, errors, naps).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import structlog
 
 from backfill.client import RunInfo
 from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
 from backfill.planner import Window
 from backfill.retry import Retries
-from backfill.state import RunStatus, WindowState
+from backfill.state import TIMED_OUT, RunStatus, WindowState
 
 from .board import Board, Flow, window_fields
 from .control import Control
@@ -34,13 +40,21 @@ class Monitor:
     """Polls the runs on the board and records what the service says of them."""
 
     def __init__(
-        self, board: Board, control: Control, lister: Lister, options: EngineOptions
+        self,
+        board: Board,
+        control: Control,
+        lister: Lister,
+        options: EngineOptions,
+        *,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._board = board
         self._control = control
         self._lister = lister
         self._options = options
         self._retries = Retries(options.backoff)
+        self._wall = wall
+        self._created: dict[str, float] = {}  # run id -> createdAt (epoch seconds)
         self.unknown_statuses: set[str] = set()
         self.foreign: set[str] = set()  # tracked run ids the service says are another window's
 
@@ -94,6 +108,41 @@ class Monitor:
                     control.fail(exc)
                     return changed
         self._retries.succeeded()
+        return self._time_out() or changed
+
+    def _time_out(self) -> bool:
+        """Fail for good every tracked run still not finished --run-timeout after creation."""
+        board = self._board
+        journal = board.journal
+        limit = self._options.run_timeout
+        now = self._wall()
+        changed = False
+        for flow in board.flows.values():
+            for run_id, window in list(flow.tracked.items()):
+                entry = journal.get(window)
+                if entry is None:
+                    continue
+                created = self._created.get(run_id, entry.since)
+                if not created or now - created < limit:
+                    continue
+                reason = (
+                    f"timed out: run {run_id} was not finished {limit:g} s after its creation "
+                    "(--run-timeout); it may still be going: see `backfill status`, and "
+                    "`backfill retry` sends it again"
+                )
+                journal.record_nowait(
+                    window,
+                    WindowState.FAILED,
+                    errors=[{"code": TIMED_OUT, "message": reason}],
+                    retrying=False,  # its run may still be going: never sent again on its own
+                )
+                del flow.tracked[run_id]
+                self._created.pop(run_id, None)
+                flow.active -= 1
+                self._control.give_up(window, reason)
+                changed = True
+        if changed:
+            board.wake.set()
         return changed
 
     def observe(self, flow: Flow, window: Window, run: RunInfo) -> bool:
@@ -121,8 +170,15 @@ class Monitor:
             return False
         if run.status is RunStatus.UNKNOWN and run.raw_status not in self.unknown_statuses:
             self.unknown_statuses.add(run.raw_status)
-            log.warning("unknown_run_status", status=run.raw_status, run_id=run.run_id)
-        new = run.status.window_state()
+            log.warning(
+                "unknown_run_status",
+                status=run.raw_status,
+                run_id=run.run_id,
+                hint="counted as not finished; --run-timeout ends it",
+            )
+        if run.created_ms is not None and run.created_ms > 0:
+            self._created[run.run_id] = run.created_ms / 1000
+        new = run.status.window_state(run.records)
         old = entry.state
         if new is old or new is WindowState.SUBMITTED or not old.active:
             return False
@@ -131,18 +187,25 @@ class Monitor:
                 return False
             journal.record_nowait(window, new)
             return True
-        errors = [dict(e) for e in run.errors] if new is WindowState.FAILED else None
+        errors = [dict(e) for e in run.errors] if new is not WindowState.SUCCEEDED else None
         retrying = entry.attempt < board.allowed(window)
         journal.record_nowait(
-            window, new, errors=errors, retrying=retrying if new is WindowState.FAILED else None
+            window,
+            new,
+            errors=errors,
+            retrying=retrying if new is WindowState.FAILED else None,
+            counts=run.records,
         )
+        records = run.records.as_dict() if run.records is not None else None
         log.debug(
             "run_finished",
             **window_fields(window),
             attempt=entry.attempt,
             run_id=run.run_id,
             status=new,
+            records=records,
         )
+        self._created.pop(run.run_id, None)
         if flow.tracked.pop(run.run_id, None) is not None:
             flow.active -= 1
         if new is WindowState.FAILED:
@@ -151,5 +214,20 @@ class Monitor:
             else:
                 first_error = errors[0].get("message", "") if errors else "no error given"
                 self._control.give_up(window, f"run {run.run_id} failed: {first_error}")
+        elif new is WindowState.EMPTY:
+            again = self._options.retry_empty and entry.attempt < board.allowed(window)
+            log.info(
+                "window_empty",
+                **window_fields(window),
+                attempt=entry.attempt,
+                run_id=run.run_id,
+                retried=again,
+            )
+            if again:
+                flow.retries.append(board.retry_job(window, entry))
+        elif new is WindowState.PARTIAL:
+            log.warning(
+                "window_partial", **window_fields(window), run_id=run.run_id, records=records
+            )
         board.wake.set()
         return True

@@ -48,6 +48,13 @@ class EngineOptions:
     retry_mode: RetryMode = RetryMode.RETRIGGER
     on_failure: OnFailure = OnFailure.CONTINUE
     retry_failed: bool = False
+    # --retry-empty: a run that succeeded with 0 records is re-triggered within max_attempts.
+    retry_empty: bool = False
+    # --run-timeout: a run still not finished this long after its creation fails for good.
+    run_timeout: float = 12 * 3600.0
+    # Flows whose Copy transformation already has its delta column (the pre-flight saw it):
+    # their runs never carry deltaColumn, so they need no first-run gate.
+    flows_with_delta_column: frozenset[str] = frozenset()
     poll_interval: float = 10.0
     poll_max_interval: float = 120.0
     reconcile_delay: float = 2.0

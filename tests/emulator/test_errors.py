@@ -139,7 +139,7 @@ async def test_unknown_flow_is_1430_when_flows_are_declared(start: Start) -> Non
     assert (await api.create(flow=FLOW)).status == 201
     answer = await api.call("GET", "/flows/not-a-flow")
     assert answer.status == 404
-    assert_envelope(answer.body, "1430-404", 404)
+    assert_envelope(answer.body, "1439-404", 404)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ async def test_unsupported_action(api: Api) -> None:
     run_id = (await api.create()).body["id"]
     answer = await api.call("POST", f"/runs/{run_id}/action", params={"op": "cancel"})
     assert answer.status == 400
-    assert_envelope(answer.body, "1461-400", 400)
+    assert_envelope(answer.body, "1434-400", 400)
 
 
 async def test_bad_list_queries_are_1400(api: Api) -> None:

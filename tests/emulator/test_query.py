@@ -171,9 +171,16 @@ async def test_count(api: Api) -> None:
     answer = await api.call("GET", "/runs", params={"count": "true"})
     assert answer.body == {"count": 7}
     answer = await api.call(
-        "GET", "/runs", params={"count": "true", "property": f"flowId=={OTHER}", "limit": "1"}
+        "GET", "/runs", params={"count": "true", "property": f"flowId=={OTHER}"}
     )
     assert answer.body == {"count": 3}
+
+
+async def test_count_with_limit_is_1401(api: Api) -> None:
+    # help/sources/errors/flow-service-errors.md: limit and count cannot be given together.
+    answer = await api.call("GET", "/runs", params={"count": "true", "limit": "1"})
+    assert answer.status == 400
+    assert answer.body["type"].endswith("FLOW-1401-400")
 
 
 # -- the store directly ------------------------------------------------------------------

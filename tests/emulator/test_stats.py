@@ -23,6 +23,7 @@ TOP_LEVEL = {
     "dropped",
     "max_active_runs",
     "tokens_issued",
+    "status_words",
 }
 
 
