@@ -201,9 +201,12 @@ async def test_a_flow_the_service_does_not_know_stops_with_exit_2(tmp_path: Path
         result = await run_cli(
             ["run", *_flow_args(FLOW_FILE, 5, "--checkpoint", "ck.jsonl")], cli_env(emu), tmp_path
         )
+        stats = emu.stats()
+    # The pre-flight asked for the flow (FLOW-1439-404) before anything was sent, and the
+    # checkpoint this command would have started is not left behind.
     assert result.code == 2
-    assert "1430-400" in result.stderr
-    status = await run_cli(
-        ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path
-    )
-    assert orjson.loads(status.stdout)["counts"]["pending"] == 5
+    assert "1439-404" in result.stderr
+    assert FLOW_FILE in result.stderr
+    assert stats["requests"]["by_endpoint"]["POST /runs"] == {}
+    assert stats["requests"]["by_endpoint"]["GET /flows/{id}"] == {"404": 1}
+    assert not (tmp_path / "ck.jsonl").exists()

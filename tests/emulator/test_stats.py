@@ -49,6 +49,9 @@ async def test_stats_document(start: Start) -> None:
         "delta_column",
         "created_at",
         "retrigger_of",
+        "start_time",
+        "outcome",
+        "records",
     }
     assert first["id"] == run["id"]
     assert first["flow_id"] == FLOW
