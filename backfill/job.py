@@ -641,8 +641,7 @@ def _print_status(
         out.write(f"  in use by process {held.pid}{where}{since}{unsure}\n")
     for flow in plan.flows:
         out.write(f"  {flow.flow_id}: {flow.describe()}\n")
-    out.write(f"  {records_line(journal.record_totals())}
-")
+    out.write(f"  {records_line(journal.record_totals())}\n")
     sending = [w for w, _ in journal.items({WindowState.SUBMITTING})]
     label = LABELS[WindowState.SUBMITTING]
     if held is not None:

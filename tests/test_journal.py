@@ -27,7 +27,7 @@ from backfill.errors import (
 )
 from backfill.journal import Entry, Journal
 from backfill.planner import FlowPlan, Plan, Window
-from backfill.state import IllegalTransition, WindowState
+from backfill.state import IllegalTransition, RecordCounts, WindowState, check_transition
 
 FLOW = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 OTHER = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"
@@ -1214,3 +1214,77 @@ async def test_items_with_a_note_only(path: Path) -> None:
     await journal.record(window(1), S.SUBMITTED, attempt=1, run_id="r-1")  # a move settles it
     assert list(journal.items(noted=True)) == []
     await journal.close()
+
+
+# ------------------------------------------------- record counts and new outcomes (issue 13)
+
+
+async def test_record_counts_are_kept_replayed_compacted_and_summed(path: Path, wall: Wall) -> None:
+    plan = make_plan()
+    journal = Journal.open(path, plan, durable=False, wall=wall)
+    outcomes = [
+        (S.SUCCEEDED, RecordCounts(100, 100, 0, (2, 2, 0))),
+        (S.PARTIAL, RecordCounts(50, 45, 5)),
+        (S.EMPTY, RecordCounts(0, 0, 0)),
+        (S.SUCCEEDED, RecordCounts(-1, -1, -1)),  # unknown counts are not summed
+    ]
+    for i, (state, counts) in enumerate(outcomes):
+        journal.record_nowait(window(i), S.SUBMITTING, attempt=1)
+        journal.record_nowait(window(i), S.SUBMITTED, attempt=1, run_id=f"run-{i}")
+        journal.record_nowait(window(i), state, counts=counts)
+    totals = {"input": 150, "output": 145, "failed": 5}
+    assert journal.record_totals() == totals
+    # An empty window re-triggered: its old counts leave the totals with the new intent.
+    journal.record_nowait(window(2), S.SUBMITTING, attempt=2, mode="re-trigger")
+    entry = journal.get(window(2))
+    assert entry is not None
+    assert entry.counts is None
+    journal.record_nowait(window(2), S.SUBMITTED, attempt=2, run_id="run-2b")
+    journal.record_nowait(window(2), S.SUCCEEDED, counts=RecordCounts(7, 7, 0))
+    totals = {"input": 157, "output": 152, "failed": 5}
+    assert journal.record_totals() == totals
+    await journal.close()
+    assert lines(path)[3]["n"] == [100, 100, 0, 2, 2, 0]
+
+    reopened = Journal.open(path, plan, wall=wall)
+    try:
+        assert reopened.record_totals() == totals
+        first = reopened.get(window(0))
+        assert first is not None
+        assert first.counts == RecordCounts(100, 100, 0, (2, 2, 0))
+        reopened._compact()
+    finally:
+        await reopened.close()
+    compacted = Journal.open(path, plan, wall=wall)
+    try:
+        assert compacted.record_totals() == totals
+        assert compacted.counts()[S.PARTIAL] == 1
+    finally:
+        await compacted.close()
+
+
+def test_a_checkpoint_written_before_record_counts_still_replays(path: Path) -> None:
+    plan = make_plan()
+    header = {"kind": "backfill-checkpoint", "format": 1, "fingerprint": plan.fingerprint()}
+    header["plan"] = plan.to_json()
+    old = [
+        header,
+        {"t": "w", "f": 0, "s": START, "st": "submitting", "a": 1, "ts": 1700000000.0},
+        {"t": "w", "f": 0, "s": START, "st": "submitted", "a": 1, "id": "run-1"},
+        {"t": "w", "f": 0, "s": START, "st": "succeeded"},
+    ]
+    write(path, b"".join(orjson.dumps(record) + b"\n" for record in old))
+    journal = Journal.open(path, None, readonly=True)
+    entry = journal.get(window(0))
+    assert entry is not None
+    assert (entry.state, entry.counts) == (S.SUCCEEDED, None)
+    assert journal.record_totals() == {"input": 0, "output": 0, "failed": 0}
+
+
+def test_empty_may_be_run_again_and_partial_is_final() -> None:
+    check_transition(S.EMPTY, S.SUBMITTING)
+    for state in (S.SUBMITTED, S.RUNNING, S.SUBMITTING):
+        check_transition(state, S.EMPTY)
+        check_transition(state, S.PARTIAL)
+    with pytest.raises(IllegalTransition):
+        check_transition(S.PARTIAL, S.SUBMITTING)

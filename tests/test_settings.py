@@ -576,6 +576,9 @@ BAD_INPUTS = [
     Bad("flag", {"sandbox_name": "my sandbox"}, "--sandbox-name"),
     Bad("flag", {"sandbox_name": ""}, "--sandbox-name"),
     Bad("flag", {"sandbox_name": "prod\n"}, "--sandbox-name"),
+    Bad("flag", {"sandbox_name": "Prod"}, "--sandbox-name"),
+    Bad("flag", {"run_timeout": "0s"}, "--run-timeout"),
+    Bad("flag", {"run_timeout": "soon"}, "--run-timeout"),
     Bad("flag", {"api_key": "has space"}, "--api-key"),
     Bad("flag", {"client_id": ""}, "--client-id"),
     Bad("flag", {"flow_id": "not-a-uuid"}, "--flow-id"),
@@ -602,6 +605,8 @@ BAD_INPUTS = [
     Bad("env", {"org_id": "nope"}, "BACKFILL_ORG_ID"),
     Bad("env", {"org_id": "ABC123@AdobeOrg\n"}, "BACKFILL_ORG_ID"),
     Bad("env", {"sandbox_name": "bad name"}, "BACKFILL_SANDBOX_NAME"),
+    Bad("env", {"sandbox_name": "DEV"}, "BACKFILL_SANDBOX_NAME"),
+    Bad("env", {"retry_empty": "maybe"}, "BACKFILL_RETRY_EMPTY"),
     Bad("env", {"shard": "5/4"}, "BACKFILL_SHARD"),
     Bad("env", {"shard_count": "0"}, "BACKFILL_SHARD_COUNT"),
     Bad("env", {"wait": "maybe"}, "BACKFILL_WAIT"),
@@ -698,3 +703,19 @@ def test_the_table_of_bad_inputs_is_large_and_the_base_is_good(
     assert len(BAD_INPUTS) >= 40
     for source in ("flag", "env", "toml"):
         _build_from(Bad(source, {}, ""), tmp_path, monkeypatch)
+
+
+def test_an_upper_case_sandbox_name_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BACKFILL_SANDBOX_NAME", "Dev-Europe")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, None)
+    assert str(caught.value).startswith("BACKFILL_SANDBOX_NAME: ")
+    assert "'dev-europe'" in str(caught.value)
+
+
+def test_run_timeout_and_retry_empty() -> None:
+    settings = load_settings({"run_timeout": "30m", "retry_empty": True}, None)
+    assert (settings.run_timeout, settings.retry_empty) == (1800.0, True)
+    assert load_settings({}, None).run_timeout == 12 * 3600
