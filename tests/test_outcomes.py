@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.emulator.store import STATUS_WORDS
 from backfill.state import TIMED_OUT, RunStatus
@@ -61,7 +62,17 @@ async def test_empty_and_partial_windows_and_record_totals_equal_the_emulators(
     hours = 200
     async with emulator(seed=3, empty_rate=0.1, partial_rate=0.05) as emu:
         result = await run_cli(
-            hourly_run(FLOW_FILE, hours, "--wait", "--rate", "200/s", "--report", "report.json"),
+            hourly_run(
+                FLOW_FILE,
+                hours,
+                "--wait",
+                "--rate",
+                "200/s",
+                "--report",
+                "report.json",
+                "--metrics-file",
+                "metrics.prom",
+            ),
             cli_env(emu),
             tmp_path,
         )
@@ -78,6 +89,13 @@ async def test_empty_and_partial_windows_and_record_totals_equal_the_emulators(
     assert totals["partial"] == outcomes["partial"]
     assert totals["succeeded"] == outcomes["success"]
     assert report["records"] == _record_sums(stats)
+    exported = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families((tmp_path / "metrics.prom").read_text())
+        if family.name == "backfill_records"
+        for sample in family.samples
+    }
+    assert exported == {kind: float(n) for kind, n in _record_sums(stats).items()}
     summary = next(line for line in result.json_lines() if line["event"] == "summary")
     assert summary["records"] == _record_sums(stats)
     assert summary["counts"]["empty"] == outcomes["empty"]

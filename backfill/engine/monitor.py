@@ -122,7 +122,9 @@ class Monitor:
                 entry = journal.get(window)
                 if entry is None:
                     continue
-                created = self._created.get(run_id, entry.since)
+                # The latest intent bounds the attempt's start too: a re-trigger that keeps the
+                # run's id (and its createdAt) starts the clock again.
+                created = max(self._created.get(run_id, 0.0), entry.since)
                 if not created or now - created < limit:
                     continue
                 reason = (
