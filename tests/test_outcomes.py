@@ -371,3 +371,15 @@ async def test_the_tool_follows_the_re_trigger_spelling_the_service_accepts(
     assert actions["400"] == 1
     assert actions["200"] >= 2
     assert result.code in (0, 1), result.stderr
+
+
+async def test_a_flow_hidden_by_access_labels_is_exit_2_naming_it(tmp_path: Path) -> None:
+    async with emulator(hidden_flows=(FLOW_FILE,)) as emu:
+        result = await run_cli(hourly_run(FLOW_FILE, 3), cli_env(emu), tmp_path)
+        stats = emu.stats()
+    assert result.code == 2
+    assert "2120-403" in result.stderr
+    assert FLOW_FILE in result.stderr
+    assert "cannot see it" in result.stderr
+    assert stats["requests"]["by_endpoint"]["POST /runs"] == {}
+    assert not (tmp_path / "ck.jsonl").exists()

@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and 1439-404 on GET /flows",
     )
 
+    flows.add_argument(
+        "--hidden-flow",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a flow that access labels hide from every caller: GET /flows and POST /runs "
+        "answer 2120-403; repeatable",
+    )
+
     auth = parser.add_argument_group(
         "authentication (each flag makes its check strict; without it any non-empty value passes)"
     )
@@ -430,6 +439,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         stuck_status=args.stuck_status,
         require_start_time=args.require_start_time,
         retrigger_spelling=args.retrigger_spelling,
+        hidden_flows=tuple(args.hidden_flow),
     )
 
 

@@ -80,6 +80,8 @@ class EmulatorConfig:
     stuck_status: str = "paused"
     require_start_time: bool = False
     retrigger_spelling: str = "re-trigger"
+    # Flows that exist but that access labels hide from every caller (FLOW-2120-403).
+    hidden_flows: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept "table"/"file" strings too, so callers need not import the enum.

@@ -30,6 +30,7 @@ code     status  meaning
 1500     500     injected internal error (``--error-rate``)
 2105     400     header ``x-sandbox-name`` missing (documented)
 2106     403     sandbox not accessible (strict ``--sandbox`` mismatch)
+2120     403     a flow hidden by access labels (``--hidden-flow``; documented)
 ======== ======= =================================================================
 """
 

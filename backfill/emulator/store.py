@@ -376,8 +376,20 @@ class Store:
             raise FlowServiceError(1431, f"Flow run {run_id} was not found.", status=404)
         return run
 
+    def _check_visible(self, flow_id: str) -> None:
+        if flow_id in self._config.hidden_flows:
+            # A flow hidden by access labels: FLOW-2120-403 (help/sources/tutorials/api/
+            # labels.md; 2120-403 in help/sources/errors/flow-service-errors.md).
+            raise FlowServiceError(
+                2120,
+                "You do not have sufficient permissions to perform the operation. Please "
+                "contact your administrator to resolve permissions and try again.",
+                status=403,
+            )
+
     def get_flow(self, flow_id: str) -> Flow:
         """The flow; with no declared flows, an unused id is a flow whose kind is undecided."""
+        self._check_visible(flow_id)
         flow = self.flows.get(flow_id)
         if flow is not None:
             return flow
@@ -396,7 +408,9 @@ class Store:
 
     def create_run(self, request: RunRequest, who: Identity) -> Run:
         """Apply the flow's rules to a validated request and schedule the run."""
+        self._check_visible(request.flow_id)
         flow = self.flows.get(request.flow_id)
+
         if flow is None and self._config.strict_flows:
             raise FlowServiceError(1430, f"Flow {request.flow_id} was not found.")
         if flow is not None and flow.frequency != "once":

@@ -65,7 +65,12 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_every_config_field_has_a_flag() -> None:
     dests = {action.dest for action in build_parser()._actions}
-    renamed = {"flows": "flow", "flow_schedules": "flow", "state_file": "state"}
+    renamed = {
+        "flows": "flow",
+        "flow_schedules": "flow",
+        "hidden_flows": "hidden_flow",
+        "state_file": "state",
+    }
     for name in EmulatorConfig.__dataclass_fields__:
         assert renamed.get(name, name) in dests, name
 

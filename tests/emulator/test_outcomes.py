@@ -157,3 +157,10 @@ def test_flow_flag_takes_a_schedule_and_a_delta_column() -> None:
 def test_bad_values_name_the_flag(overrides: dict[str, Any], flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
         EmulatorConfig(**overrides)
+
+
+async def test_a_hidden_flow_is_2120_403(start: Start) -> None:
+    api = await start(hidden_flows=(FLOW,))
+    for answer in (await api.call("GET", f"/flows/{FLOW}"), await api.create()):
+        assert answer.status == 403
+        assert answer.body["type"].endswith("FLOW-2120-403")
