@@ -15,7 +15,7 @@ from backfill.errors import PermanentError, ServerError, TransportError
 from backfill.journal import Journal
 from backfill.limits import RateLimiter
 from backfill.planner import FlowPlan, Order, Plan, Window
-from backfill.state import RunStatus, WindowState
+from backfill.state import RecordCounts, RunStatus, WindowState
 
 from .conftest import OpenJournal
 
@@ -342,3 +342,50 @@ async def test_a_5xx_on_the_listing_is_retried_not_fatal(journal: OpenJournal) -
     outcome = await engine.run()
     assert outcome.error is None
     assert len(service.runs) == 2
+
+
+async def test_a_flow_whose_copy_step_has_its_delta_column_gets_none_and_no_gate(
+    journal: OpenJournal,
+) -> None:
+    # The pre-flight saw the column on the flow: no "does it have a run?" question, no
+    # deltaColumn in any run, and every window may go at once.
+    plan = _plan(_hours(TABLE, 6, "DOB"))
+    ledger = journal(plan)
+    service = FakeService()
+    await _engine(ledger, service, flows_with_delta_column=frozenset({TABLE})).run()
+    assert [c[2] for c in service.created()] == [None] * 6
+    assert not [c for c in service.calls if c[0] == "list"]
+
+
+async def test_retry_empty_re_triggers_runs_that_ingested_nothing(
+    journal: OpenJournal,
+) -> None:
+    plan = _plan(_hours(FILE, 2))
+    ledger = journal(plan)
+    empty = RecordCounts(0, 0, 0)
+
+    class Empty(FakeService):
+        def __init__(self) -> None:
+            super().__init__()
+            self.empties = 1  # the first finished run of each window ingests nothing
+
+        async def list_runs(self, *args: Any, **kwargs: Any) -> Page:
+            page = await super().list_runs(*args, **kwargs)
+            runs = []
+            for run in page.runs:
+                fake = self.runs[run.run_id]
+                counts = empty if fake.attempts <= self.empties else RecordCounts(5, 5, 0)
+                runs.append(replace(run, records=counts))
+            return Page(runs, None)
+
+        async def retrigger(self, run_id: str) -> CreatedRun:
+            # retry-flows.md: a success that ingested nothing may be re-triggered.
+            self.runs[run_id].status = RunStatus.FAILED
+            return await super().retrigger(run_id)
+
+    service = Empty()
+    service.statuses = [RunStatus.SUCCESS] * 10
+    await _engine(ledger, service, wait=True, retry_empty=True, max_attempts=2).run()
+    assert _states(ledger, plan) == [WindowState.SUCCEEDED] * 2
+    assert len([c for c in service.calls if c[0] == "retrigger"]) == 2
+    assert ledger.record_totals() == {"input": 10, "output": 10, "failed": 0}
