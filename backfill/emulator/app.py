@@ -251,6 +251,14 @@ class EmulatorApp:
     async def _run_action(self, request: web.Request, who: Identity) -> web.Response:
         op = request.query.get("op", "")
         run_id = request.match_info["id"]
+        self._check_operation(op)
+        # {"id", "etag"}: the id of the new run (retry-flows.md), or the same one with
+        # --retrigger-same-run.
+        run = self.store.retrigger(run_id, who)
+        return _json(200, {"id": run.id, "etag": run.etag})
+
+    def _check_operation(self, op: str) -> None:
+        """Only the re-trigger spellings of ``--retrigger-spelling`` are operations."""
         accepted = self._retrigger_ops
         if op not in accepted:
             # FLOW-1434-400 "Unsupported operation 'move' received" (flow-service-errors.md).
@@ -259,10 +267,6 @@ class EmulatorApp:
                 f"Unsupported operation {op!r} received. Please use one of the supported "
                 f"operation types ({', '.join(accepted)}) and try again.",
             )
-        # {"id", "etag"}: the id of the new run (retry-flows.md), or the same one with
-        # --retrigger-same-run.
-        run = self.store.retrigger(run_id, who)
-        return _json(200, {"id": run.id, "etag": run.etag})
 
     async def _get_flow(self, request: web.Request, who: Identity) -> web.Response:
         flow = self.store.get_flow(request.match_info["id"])
