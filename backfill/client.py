@@ -14,6 +14,7 @@ is not Flow Service's) is ``NotFlowService``: a configuration error, not an outa
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 import re
@@ -375,6 +376,7 @@ class FlowServiceClient:
         self.responses: Counter[str] = Counter()  # status code (or "error") -> requests
         self.retrigger_op = RETRIGGER_SPELLINGS[0]
         self._retrigger_op_known = False  # a re-trigger with this spelling was accepted
+        self._learning_op = asyncio.Lock()
 
     @property
     def clock_offset(self) -> float | None:
@@ -414,7 +416,21 @@ class FlowServiceClient:
         A 400 that names the operation means the service spells it the other way: that
         spelling is tried once, and whichever is accepted is used from then on. A 400 was
         refused before anything was done, so the second request cannot make a second run.
+        Until a spelling has been accepted, re-triggers go one at a time, so only the first
+        pays for the lesson.
         """
+        if self._retrigger_op_known:
+            data = await self._retrigger_as(run_id, self.retrigger_op)
+        else:
+            async with self._learning_op:
+                data = await self._retrigger_learning(run_id)
+        # The answer is {"id", "etag"} where the id is a NEW run: "A successful response returns
+        # a newly created flow run ID" (help/sources/tutorials/api/retry-flows.md in
+        # AdobeDocs/experience-platform.en; it re-triggers 4fb0418e-... and gets 3fb0418e-...).
+        # An answer without an id leaves the new run unknown: in doubt, like a lost answer.
+        return _created(data, "re-trigger")
+
+    async def _retrigger_learning(self, run_id: str) -> Any:
         op = self.retrigger_op
         try:
             data = await self._retrigger_as(run_id, op)
@@ -425,11 +441,7 @@ class FlowServiceClient:
             data = await self._retrigger_as(run_id, other)
             self.retrigger_op = other
         self._retrigger_op_known = True
-        # The answer is {"id", "etag"} where the id is a NEW run: "A successful response returns
-        # a newly created flow run ID" (help/sources/tutorials/api/retry-flows.md in
-        # AdobeDocs/experience-platform.en; it re-triggers 4fb0418e-... and gets 3fb0418e-...).
-        # An answer without an id leaves the new run unknown: in doubt, like a lost answer.
-        return _created(data, "re-trigger")
+        return data
 
     async def _retrigger_as(self, run_id: str, op: str) -> Any:
         url = (self._runs_url / run_id / "action").with_query(op=op)

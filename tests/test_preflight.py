@@ -13,24 +13,11 @@ from backfill.errors import (
     RateLimited,
     ServerError,
 )
-from backfill.limits import Backoff, RateLimiter
+from backfill.limits import Backoff
 from backfill.planner import FlowPlan
 
 TABLE = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 FILE = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"
-
-
-class CountingLimiter(RateLimiter):
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.permits = 0
-        self.paused: list[float] = []
-
-    async def acquire(self) -> None:
-        self.permits += 1
-
-    def pause(self, seconds: float) -> None:
-        self.paused.append(seconds)
 
 
 class FakeFlows:
@@ -60,18 +47,16 @@ async def nap(seconds: float) -> None:
     return None
 
 
-async def test_each_flow_is_asked_once_under_the_rate_and_the_delta_rule_is_decided() -> None:
+async def test_each_flow_is_asked_once_and_the_delta_rule_is_decided() -> None:
     api = FakeFlows(
         {TABLE: [info(TABLE, column="updated_at")], FILE: [info(FILE, frequency="ONCE")]}
     )
-    limiter = CountingLimiter()
     flows = [plan(TABLE, "updated_at"), plan(FILE), plan(TABLE, "updated_at")]
 
-    with_column = await preflight(api, limiter, flows, sandbox="prod", sleep=nap)
+    with_column = await preflight(api, flows, sandbox="prod", sleep=nap)
 
     assert with_column == {TABLE}
     assert api.asked == [TABLE, FILE]
-    assert limiter.permits == 2
 
 
 async def test_throttling_and_server_errors_are_waited_out() -> None:
@@ -84,12 +69,9 @@ async def test_throttling_and_server_errors_are_waited_out() -> None:
             ]
         }
     )
-    limiter = CountingLimiter()
+    assert await preflight(api, [plan(FILE)], sandbox="prod", sleep=nap, seed=1) == set()
 
-    assert await preflight(api, limiter, [plan(FILE)], sandbox="prod", sleep=nap, seed=1) == set()
-
-    assert limiter.permits == 3
-    assert limiter.paused == [3]
+    assert api.asked == [FILE] * 3
 
 
 @pytest.mark.parametrize(
@@ -116,7 +98,7 @@ async def test_a_flow_that_cannot_take_the_backfill_is_exit_2_naming_it(
 ) -> None:
     api = FakeFlows({TABLE: [answer]})
     with pytest.raises(ConfigError) as caught:
-        await preflight(api, CountingLimiter(), [plan(TABLE, column)], sandbox="dev", sleep=nap)
+        await preflight(api, [plan(TABLE, column)], sandbox="dev", sleep=nap)
     message = str(caught.value)
     assert message.startswith(f"flow {TABLE}: ")
     for word in words:
@@ -132,7 +114,6 @@ async def test_retryable_errors_end_in_api_unavailable() -> None:
     with pytest.raises(ApiUnavailable):
         await preflight(
             api,
-            CountingLimiter(),
             [plan(FILE)],
             sandbox="prod",
             sleep=nap,
