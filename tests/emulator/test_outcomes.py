@@ -152,6 +152,7 @@ def test_flow_flag_takes_a_schedule_and_a_delta_column() -> None:
         ({"flows": (("a", "table"),), "flow_schedules": (("a", "yearly", None),)}, "--flow a"),
         ({"flows": (("a", "file"),), "flow_schedules": (("a", "once", "x"),)}, "--flow a"),
         ({"flow_schedules": (("a", "once", None),)}, "--flow a"),
+        ({"hidden_flows": (" ",)}, "--hidden-flow"),
     ],
 )
 def test_bad_values_name_the_flag(overrides: dict[str, Any], flag: str) -> None:
