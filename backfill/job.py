@@ -159,13 +159,14 @@ async def run_command(
         )
     except BaseException:
         # Refused before anything was recorded (credentials, the pre-flight): the corrected
-        # command must not meet a checkpoint this one created.
+        # command must not meet a checkpoint this one created. It goes while the lock is
+        # still held, so no other process can have started writing to it.
         untouched = journal.replay.created and journal.records == 0
         raise
     finally:
-        await journal.close()
         if untouched:
             path.unlink(missing_ok=True)
+        await journal.close()
 
 
 def _may_send(journal: Journal, options: EngineOptions) -> bool:

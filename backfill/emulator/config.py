@@ -152,9 +152,11 @@ class EmulatorConfig:
                 "--retrigger-spelling must be 're-trigger', 'RE_TRIGGER' or 'both', "
                 f"got {self.retrigger_spelling!r}"
             )
-        for flow_id in self.hidden_flows:
-            if not flow_id or flow_id != flow_id.strip():
-                found.append(f"--hidden-flow needs a flow id without spaces, got {flow_id!r}")
+        found.extend(
+            f"--hidden-flow needs a flow id without spaces, got {flow_id!r}"
+            for flow_id in self.hidden_flows
+            if not flow_id or flow_id != flow_id.strip()
+        )
         kinds = dict(self.flows)
         for flow_id, frequency, column in self.flow_schedules:
             if flow_id not in kinds:

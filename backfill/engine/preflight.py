@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import structlog
 
 from backfill.client import FlowInfo, FlowsApi
-from backfill.errors import ConfigError, PermanentError
+from backfill.errors import ConfigError, NotFlowService, PermanentError
 from backfill.limits import Backoff, Sleep, real_sleep
 from backfill.planner import FlowPlan
 from backfill.retry import retrying
@@ -114,6 +114,8 @@ async def _get(
 ) -> FlowInfo:
     try:
         return await retrying(lambda: api.get_flow(flow_id), backoff, sleep, rng)
+    except NotFlowService:
+        raise  # the base URL is wrong, not the flow: the client's diagnosis says so
     except PermanentError as exc:
         code = exc.code or ""
         if exc.status == 404 or code.startswith("1439"):
