@@ -1244,7 +1244,7 @@ async def test_record_counts_are_kept_replayed_compacted_and_summed(path: Path, 
     totals = {"input": 157, "output": 152, "failed": 5}
     assert journal.record_totals() == totals
     await journal.close()
-    assert lines(path)[3]["n"] == [100, 100, 0, 2, 2, 0]
+    assert lines(path)[3]["rc"] == [100, 100, 0, 2, 2, 0]
 
     reopened = Journal.open(path, plan, wall=wall)
     try:
