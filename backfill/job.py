@@ -157,11 +157,14 @@ async def run_command(
             json_lines=json_lines,
             live=live,
         )
-    except BaseException:
-        # Refused before anything was recorded (credentials, the pre-flight): the corrected
-        # command must not meet a checkpoint this one created. It goes while the lock is
-        # still held, so no other process can have started writing to it.
-        untouched = journal.replay.created and journal.records == 0
+    except BackfillError as exc:
+        # Refused (exit 2: credentials, the pre-flight) before anything was recorded: the
+        # corrected command, maybe with another plan, must not meet a checkpoint this one
+        # created. It goes while the lock is still held, so no other process can have started
+        # writing to it. An outage (exit 75) keeps it: the same command runs again later.
+        untouched = (
+            exc.exit_code is ExitCode.USAGE and journal.replay.created and journal.records == 0
+        )
         raise
     finally:
         if untouched:
@@ -443,7 +446,11 @@ async def _run(
         if _may_send(journal, options):
             # Each flow once, before anything is sent (its GET takes a rate permit).
             with_column = await preflight(
-                client, plan.flows, sandbox=settings.sandbox_name, backoff=options.backoff
+                client,
+                plan.flows,
+                sandbox=settings.sandbox_name,
+                backoff=options.backoff,
+                max_retry_after=options.max_retry_after,
             )
             options = replace(options, flows_with_delta_column=with_column)
         engine = Engine(journal, client, limiter, options, permits=permits)

@@ -119,3 +119,21 @@ async def test_retryable_errors_end_in_api_unavailable() -> None:
             sleep=nap,
             backoff=Backoff(max_retries=2),
         )
+
+
+async def test_a_retry_after_is_waited_out_unless_beyond_the_bound() -> None:
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    def throttled(seconds: float) -> RateLimited:
+        return RateLimited("busy", request="GET /flows/{id}", status=429, retry_after=seconds)
+
+    api = FakeFlows({FILE: [throttled(7), info(FILE)]})
+    await preflight(api, [plan(FILE)], sandbox="prod", sleep=record, max_retry_after=60)
+    assert slept == [7]
+
+    api = FakeFlows({FILE: [throttled(86400)]})
+    with pytest.raises(ApiUnavailable, match="86400"):
+        await preflight(api, [plan(FILE)], sandbox="prod", sleep=record, max_retry_after=60)

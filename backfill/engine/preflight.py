@@ -23,15 +23,21 @@ never calls this: it stays offline.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
 from backfill.client import FlowInfo, FlowsApi
-from backfill.errors import ConfigError, NotFlowService, PermanentError
+from backfill.errors import (
+    ApiUnavailable,
+    ConfigError,
+    NotFlowService,
+    PermanentError,
+    RetryableError,
+)
 from backfill.limits import Backoff, Sleep, real_sleep
 from backfill.planner import FlowPlan
-from backfill.retry import retrying
+from backfill.retry import Retries
 
 __all__ = ["preflight"]
 
@@ -48,11 +54,13 @@ async def preflight(
     backoff: Backoff | None = None,
     sleep: Sleep = real_sleep,
     seed: int | None = None,
+    max_retry_after: float = 900.0,
 ) -> frozenset[str]:
     """Check every flow; return the ids of flows whose delta column the service already has.
 
     Each ``GET`` takes its rate permit in the client, like every request; 429s and outages are
-    retried within the one retry budget (``ApiUnavailable``, exit 75, once it is spent).
+    retried within the one retry budget (``ApiUnavailable``, exit 75, once it is spent), and a
+    ``Retry-After`` is waited out unless it is longer than ``max_retry_after`` (exit 75).
     Raises ``ConfigError`` (exit 2) for a flow that cannot take on-demand runs as planned.
     """
     backoff = backoff or Backoff()
@@ -63,7 +71,7 @@ async def preflight(
         if plan.flow_id in seen:
             continue
         seen.add(plan.flow_id)
-        info = await _get(api, plan.flow_id, sandbox, backoff, sleep, rng)
+        info = await _get(api, plan.flow_id, sandbox, backoff, sleep, rng, max_retry_after)
         log.info(
             "flow_checked",
             flow=plan.flow_id,
@@ -104,6 +112,30 @@ def _check(plan: FlowPlan, info: FlowInfo) -> None:
         )
 
 
+async def _patiently(
+    call: Callable[[], Awaitable[FlowInfo]],
+    backoff: Backoff,
+    sleep: Sleep,
+    rng: random.Random,
+    max_wait: float,
+) -> FlowInfo:
+    """``call()`` within the one retry budget, honouring ``Retry-After`` up to ``max_wait``."""
+    retries = Retries(backoff)
+    while True:
+        try:
+            return await call()
+        except RetryableError as exc:
+            retry = retries.failed(exc)  # ApiUnavailable once the budget is spent
+            asked = exc.retry_after
+            if asked is not None and asked > max_wait:
+                raise ApiUnavailable(
+                    f"{exc.request}: the service asked to wait {asked:g} s (Retry-After: "
+                    f"{exc.detail}), longer than --max-retry-after {max_wait:g} s; nothing was "
+                    "sent: run the same command again later, or raise --max-retry-after"
+                ) from exc
+            await sleep(asked if asked is not None else backoff.delay(retry, rng))
+
+
 async def _get(
     api: FlowsApi,
     flow_id: str,
@@ -111,9 +143,10 @@ async def _get(
     backoff: Backoff,
     sleep: Sleep,
     rng: random.Random,
+    max_wait: float,
 ) -> FlowInfo:
     try:
-        return await retrying(lambda: api.get_flow(flow_id), backoff, sleep, rng)
+        return await _patiently(lambda: api.get_flow(flow_id), backoff, sleep, rng, max_wait)
     except NotFlowService:
         raise  # the base URL is wrong, not the flow: the client's diagnosis says so
     except PermanentError as exc:
