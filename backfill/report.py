@@ -41,6 +41,7 @@ log = structlog.get_logger("backfill.report")
 
 _ORDER = list(WindowState)
 
+_SUMMARY_WIDTH = 120
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -165,6 +166,10 @@ def print_summary(
     from rich.console import Console  # noqa: PLC0415 - rich only for a terminal
 
     console = Console(file=stream or best_effort(sys.stdout))
+    if not console.is_terminal:
+        # A pipe or a file gets rich's 80 columns, and the eight states' table is wider: its
+        # headers would be cut ("submitti"). Nothing wraps a file: give it the room it needs.
+        console.width = max(console.width, _SUMMARY_WIDTH)
     title = f"backfill {outcome} after {_duration(snapshot.elapsed)}"
     console.print(_table(snapshot, title))
     console.print(
