@@ -43,6 +43,7 @@ _ORDER = list(WindowState)
 
 _SUMMARY_WIDTH = 120
 
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """A moment of a backfill: window counts and request counters."""
