@@ -6,7 +6,8 @@ The emulator keeps every run (a million of them would take gigabytes); this serv
 count. Each ``POST .../runs`` gets a fresh run id in the "items" shape of the API reference
 (``{"items": [{"id": ..., "etag": ...}]}``, as the emulator's ``--response-shape items``
 answers; AdobeDocs/experience-platform-apis, flow-service.yaml, ``POST /runs``). ``GET
-/__stats`` gives ``{"created": N}``; ``GET /runs`` is an empty page. Nothing is checked: it
+/__stats`` gives ``{"created": N}``; ``GET /runs`` is an empty page, ``GET /flows/{id}`` a
+one-time flow (for the pre-flight). Nothing is checked: it
 measures the client, not itself.
 """
 
@@ -43,12 +44,30 @@ def app() -> web.Application:
         # An empty page: backfill lists a flow's runs once before it sends (nothing to adopt).
         return web.Response(body=b'{"items": [], "_links": {}}', content_type="application/json")
 
+    async def flow(request: web.Request) -> web.Response:
+        # The pre-flight asks for each flow once: a one-time flow without a delta column
+        # (help/sources/tutorials/api/update-dataflows.md shows the flow object).
+        body = orjson.dumps(
+            {
+                "items": [
+                    {
+                        "id": request.match_info["id"],
+                        "state": "enabled",
+                        "scheduleParams": {"startTime": "0", "frequency": "once"},
+                        "transformations": [],
+                    }
+                ]
+            }
+        )
+        return web.Response(body=body, content_type="application/json")
+
     async def stats(request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(created), content_type="application/json")
 
     application = web.Application()
     application.router.add_post(BASE_PATH + "/runs", create)
     application.router.add_get(BASE_PATH + "/runs", listing)
+    application.router.add_get(BASE_PATH + "/flows/{id}", flow)
     application.router.add_get("/__stats", stats)
     return application
 
