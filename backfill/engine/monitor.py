@@ -178,8 +178,8 @@ class Monitor:
                 run_id=run.run_id,
                 hint="counted as not finished; --run-timeout ends it",
             )
-        if run.created_ms is not None and run.created_ms > 0:
-            self._created[run.run_id] = run.created_ms / 1000
+        if run.created_at is not None and run.created_at > 0:
+            self._created[run.run_id] = run.created_at / 1000
         new = run.status.window_state(run.records)
         old = entry.state
         if new is old or new is WindowState.SUBMITTED or not old.active:
