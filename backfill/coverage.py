@@ -212,8 +212,10 @@ def choose_layout(size: int, fixed: bool, span: int, windows: int, max_cells: in
 
 def _records(entry: Entry | None) -> int | None:
     """Records a window's run ingested, when the checkpoint knows (None: unknown)."""
-    value = getattr(entry, "records", None)  # recorded by newer checkpoints only
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    counts = entry.counts if entry is not None else None  # newer checkpoints only
+    if counts is None or counts.output < 0:  # -1: the service did not say
+        return None
+    return counts.output
 
 
 def _error_text(entry: Entry | None) -> str | None:
