@@ -18,11 +18,9 @@ from __future__ import annotations
 import structlog
 
 from backfill.errors import RequestNotSent, RetryableError, ServiceDataError
-from backfill.retry import Retries
 from backfill.state import WindowState
 
 from .board import Board, Flow, Gate, window_fields
-from .control import Control
 from .listing import Lister
 from .options import EngineOptions
 from .reconcile import Found, adoption_rank
@@ -38,11 +36,8 @@ _SHOWN = 5
 class Adopter:
     """Records, before anything is sent, the runs the service already has for new windows."""
 
-    def __init__(
-        self, board: Board, control: Control, lister: Lister, options: EngineOptions
-    ) -> None:
+    def __init__(self, board: Board, lister: Lister, options: EngineOptions) -> None:
         self._board = board
-        self._control = control
         self._lister = lister
         self._options = options
 
@@ -68,20 +63,15 @@ class Adopter:
             await self._adopt_flow(flow, found)
 
     async def _list(self, flow_id: str) -> Found:
-        """Every run of the flow; a listing that fails is tried again within the budget."""
-        control = self._control
-        retries = Retries(self._options.backoff)
-        while True:
-            found = Found()
-            try:
-                async for run in self._lister.runs(flow_id):
-                    found.add(run)
-            except RetryableError as exc:
-                await control.nap(control.backoff(exc, retries.failed(exc)))
-                if control.closed.is_set():
-                    raise RequestNotSent("stopping") from exc
-                continue
-            return found
+        """Every run of the flow. The lister retries a failing page within the one budget (and
+        stops the run with exit 75 when it is spent); it gives up early only on a stop."""
+        found = Found()
+        try:
+            async for run in self._lister.runs(flow_id):
+                found.add(run)
+        except RetryableError as exc:
+            raise RequestNotSent("stopping") from exc
+        return found
 
     async def _adopt_flow(self, flow: Flow, found: Found) -> None:
         board = self._board

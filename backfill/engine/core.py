@@ -61,7 +61,7 @@ class Engine:
         )
         self._submitter = Submitter(board, control, client, options)
         self._dispatcher = Dispatcher(board, control, lister, options)
-        self._adopter = Adopter(board, control, lister, options)
+        self._adopter = Adopter(board, lister, options)
         self.started = 0.0
 
     async def run(self) -> Outcome:
