@@ -1,4 +1,4 @@
-"""The ``backfill`` command: parse arguments, build settings, call the job, map errors to exits.
+"""The ``backfill`` command: parse arguments, build settings, run the command, map errors to exits.
 
 backfill plan       [--config F] [--flow-id ID --start T --end T --window D] [--json]
 backfill run        [--config F] [--flow-id ...] [--delta-column NAME] [options] [--dry-run]
@@ -15,37 +15,22 @@ not ``--window``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from . import __version__
-from .logs import (  # first: it loads structlog without rich (see logs.py)
-    configure,
-    scrubber,
-    silence_stdout,
-)
-
-# isort: split
-from .engine import OnFailure, RetryMode
+from .choices import CONFIRM_ABOVE, OnFailure, Order, RetryMode
 from .errors import BackfillError, ConfigError, ExitCode
-from .job import (
-    CONFIRM_ABOVE,
-    dry_run_command,
-    find_checkpoints,
-    plan_command,
-    run_command,
-    status_command,
-)
-from .planner import Order
-from .settings import Settings, did_you_mean, load_settings, requested_log_format
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["main"]
 
@@ -61,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             known = re.findall(r"'([^']*)'", choice.group(2))
-            message = f"{message}{did_you_mean(choice.group(1), known)}"
+            message = f"{message}{_did_you_mean(choice.group(1), known)}"
         _fail(f"{message} (see {self.prog} --help)", ExitCode.USAGE)
 
 
@@ -73,11 +58,26 @@ _errors_as_json: bool | None = None
 _LONGEST_MESSAGE = 2000  # a value pasted by mistake must not become a megabyte error line
 
 
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    from .settings import did_you_mean  # noqa: PLC0415 - only on a usage error
+
+    return did_you_mean(name, known)
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    message = scrubber.scrub(message)
+    if "backfill.logs" in sys.modules:  # else no secret was registered: nothing to scrub
+        from .logs import scrubber  # noqa: PLC0415
+
+        message = scrubber.scrub(message)
     if len(message) > _LONGEST_MESSAGE:
         message = f"{message[: _LONGEST_MESSAGE - 30]}... ({len(message):,} characters)"
-    as_json = _errors_as_json if _errors_as_json is not None else not sys.stderr.isatty()
+    as_json = _errors_as_json
+    if as_json is None:
+        from .settings import requested_log_format  # noqa: PLC0415 - only on an error
+
+        # BACKFILL_LOG_FORMAT holds for usage errors too; else JSON off a terminal.
+        wanted = requested_log_format({})
+        as_json = wanted == "json" if wanted is not None else not sys.stderr.isatty()
     if as_json:
         line = orjson.dumps(
             {"level": "error", "event": "error", "message": message, "exit_code": code}
@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Re-ingest history into Adobe Experience Platform as Flow Service runs: "
         "planned windows, a rate limit, a checkpoint, exactly once.",
         epilog="Exit codes: 0 done, 1 windows failed for good, 2 usage/configuration, "
-        "3 checkpoint refused, 74 checkpoint unwritable, 75 service unavailable (resumable), "
+        "3 checkpoint refused, 4 duplicate runs at the service, 74 checkpoint unwritable, "
+        "75 service unavailable (resumable), "
         "129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (resumable).",
     )
     parser.add_argument("--version", action="version", version=f"backfill {__version__}")
@@ -389,8 +390,6 @@ def _standard_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     _standard_streams()
     global _errors_as_json  # noqa: PLW0603 - one process, one way of printing errors
-    wanted = requested_log_format({})  # BACKFILL_LOG_FORMAT holds for usage errors too
-    _errors_as_json = None if wanted is None else wanted == "json"
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGHUP, _terminated)
     args = list(sys.argv[1:] if argv is None else argv)
@@ -401,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     top = [flag for action in parser._actions for flag in action.option_strings]
     if args[:1] and args[0].startswith("-") and args[0] not in top:
-        hint = did_you_mean(args[0].split("=", 1)[0], top)
+        hint = _did_you_mean(args[0].split("=", 1)[0], top)
         _fail(f"unknown option {args[0]}{hint} (see backfill --help)", ExitCode.USAGE)
     parsed, unknown = parser.parse_known_args(args)
     namespace = vars(parsed)
@@ -414,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         script = bash_script if namespace["shell"] == "bash" else zsh_script
         sys.stdout.write(script(parser))
         return 0
+    # Only now, with a command that needs them: --help and usage errors never load these.
+    from .settings import load_settings, requested_log_format  # noqa: PLC0415
+
     flags = {k: v for k, v in namespace.items() if k not in _NOT_SETTINGS}
     checkpoints: list[str] = []
     if command == "status":
@@ -427,15 +429,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if namespace.get("json") and command in ("run", "retry") and not namespace.get("dry_run"):
             raise ConfigError("--json", "has no effect without --dry-run; add --dry-run")
     except BackfillError as exc:
-        configure("auto", "info")
         _fail(str(exc), exc.exit_code)
     # With --json, stdout carries the JSON document alone: log lines go to stderr.
     document = bool(namespace.get("json")) and (
         command in ("plan", "status") or bool(namespace.get("dry_run"))
     )
-    json_lines = configure(
-        settings.log_format, settings.log_level, stream=sys.stderr if document else None
-    )
+    json_lines = False
+    # ``plan`` prints and logs nothing: it needs no logging (structlog is a seventh of its
+    # start-up). Its errors, like every command's, go through _fail.
+    if command != "plan":
+        # Before anything else imports structlog: this loads it without rich (see logs.py).
+        from .logs import configure  # noqa: PLC0415
+
+        json_lines = configure(
+            settings.log_format, settings.log_level, stream=sys.stderr if document else None
+        )
     if settings.log_format != "auto":
         _errors_as_json = settings.log_format == "json"
     try:
@@ -458,7 +466,7 @@ def _unknown_arguments(parser: argparse.ArgumentParser, command: str, unknown: l
     first = unknown[0]
     if first.startswith("-"):
         name = first.split("=", 1)[0]
-        hint = did_you_mean(name, known)
+        hint = _did_you_mean(name, known)
         secret = name.removeprefix("--").replace("-", "_").upper()
         if secret in _SECRET_NAMES:
             hint = (
@@ -490,13 +498,19 @@ def _dispatch(
     checkpoints: list[str],
     json_lines: bool,
 ) -> ExitCode:
+    import asyncio  # noqa: PLC0415 - --help and plan need no event loop
+
     if command in ("plan", "status"):
         try:
             return _print(command, settings, namespace, checkpoints)
         except BrokenPipeError:  # the reader went away (| head): what it wanted, it has
+            from .logs import silence_stdout  # noqa: PLC0415
+
             silence_stdout()
             return ExitCode.OK
     if namespace.get("dry_run"):
+        from .commands.dry_run import dry_run_command  # noqa: PLC0415 - this command's only
+
         return asyncio.run(
             dry_run_command(
                 settings,
@@ -505,6 +519,8 @@ def _dispatch(
                 as_json=bool(namespace.get("json")),
             )
         )
+    from .commands.run import run_command  # noqa: PLC0415 - this command's only
+
     live = not json_lines and sys.stderr.isatty()
     return asyncio.run(
         run_command(
@@ -522,8 +538,14 @@ def _print(
     command: str, settings: Settings, namespace: dict[str, Any], checkpoints: list[str]
 ) -> ExitCode:
     """``plan`` and ``status``: their output is their work."""
+    import asyncio  # noqa: PLC0415 - plan needs no event loop
+
     if command == "plan":
+        from .commands.plan import plan_command  # noqa: PLC0415 - this command's only
+
         return plan_command(settings, as_json=bool(namespace.get("json")))
+    from .commands.status import find_checkpoints, status_command  # noqa: PLC0415
+
     return asyncio.run(
         status_command(
             settings,

@@ -69,8 +69,6 @@ RETRIGGER_SPELLINGS = ("re-trigger", "RE_TRIGGER")
 # FLOW-1434-400 in help/sources/errors/flow-service-errors.md), not about the run.
 _NAMES_THE_OPERATION = re.compile(r"\bop\b|operation|RE_TRIGGER", re.IGNORECASE)
 
-PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
-
 # A request answered 401 renews the token and is sent again, each time with a new token, at
 # most this many times: a token revoked twice in a row is renewed, one refused as soon as it
 # is issued (wrong credentials, scopes or product profile) stops the run.

@@ -18,7 +18,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from enum import StrEnum
 from functools import partial
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -39,6 +38,7 @@ from .calendar import (
     unit_index,
 )
 from .calendar import zone as zone_info
+from .choices import Order
 
 __all__ = [
     "EARLIEST",
@@ -250,13 +250,6 @@ class Window(NamedTuple):
 
 
 _window = partial(tuple.__new__, Window)  # Window from a (flow, start, end) tuple, in C
-
-
-class Order(StrEnum):
-    """Which windows go first."""
-
-    OLDEST_FIRST = "oldest-first"
-    NEWEST_FIRST = "newest-first"
 
 
 @dataclass(frozen=True, slots=True)

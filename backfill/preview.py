@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .choices import RetryMode
 from .client import RunInfo
-from .engine import RetryMode
 from .journal import Journal
 from .planner import FlowPlan, Order, Window, format_time
 from .state import RunStatus, WindowState

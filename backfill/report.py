@@ -20,7 +20,7 @@ import structlog
 
 from .journal import Entry, Journal
 from .logs import best_effort
-from .planner import FlowPlan, Order, Plan, Shard, Window, format_time
+from .planner import Window, format_time
 from .state import LABELS, WindowState
 
 if TYPE_CHECKING:
@@ -270,32 +270,3 @@ def status_document(
     tail += b', "records": ' + orjson.dumps(records)
     more = b", " + orjson.dumps(extra)[1:-1] if extra else b""
     yield b'\n], "counts": ' + tail + more + b"}\n"
-
-
-def plan_summary(plan: Plan) -> list[dict[str, Any]]:
-    """One line per flow, for ``backfill plan`` without --json."""
-    return [
-        {
-            "flow_id": flow.flow_id,
-            "range": flow.describe(),
-            "windows": flow.count(plan.shard),
-            "delta_column": flow.delta_column,
-            "details": _edges(flow, plan.shard),
-        }
-        for flow in plan.flows
-    ]
-
-
-def _edges(flow: FlowPlan, shard: Shard) -> list[str]:
-    """The first and last windows, in unix seconds and local time, and which are clipped."""
-    lines: list[str] = []
-    first = next(flow.windows(Order.OLDEST_FIRST, shard), None)
-    last = next(flow.windows(Order.NEWEST_FIRST, shard), None)
-    for word, window in (("first", first), ("last", last)):
-        if window is not None and (word == "first" or window != first):
-            lines.append(
-                f"{word} window: {window.start} .. {window.end} "
-                f"({flow.show(window.start)} .. {flow.show(window.end)})"
-            )
-    lines.extend(f"note: {note}" for note in flow.clipped())
-    return lines

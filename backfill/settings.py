@@ -45,14 +45,12 @@ from yarl import URL
 
 from .auth import DEFAULT_SCOPES, IMS_URL
 from .calendar import Align, Calendar, check_zone
-from .client import PRODUCTION_URL
-from .engine import ExistingRuns, OnFailure, RetryMode
+from .choices import ExistingRuns, OnFailure, Order, RetryMode
 from .errors import ConfigError
 from .limits import Rate
 from .paths import describe_kind, path_problem, shown, text_problem, write_target_problem
 from .planner import (
     FlowPlan,
-    Order,
     Plan,
     Shard,
     format_time,
@@ -63,6 +61,10 @@ from .planner import (
 )
 
 __all__ = ["FlowConfig", "Settings", "did_you_mean", "load_settings", "requested_log_format"]
+
+# Flow Service in production, as every request of the on-demand ingestion tutorial addresses it
+# (help/sources/tutorials/api/on-demand-ingestion.md, AdobeDocs/experience-platform.en).
+PRODUCTION_URL = "https://platform.adobe.io/data/foundation/flowservice"
 
 # Matched with fullmatch: "$" would let a trailing newline (from a secret file) through.
 _FLOW_ID = re.compile(

@@ -39,8 +39,8 @@ PLAN = [
     "1h",
 ]
 # What `plan` and `--help` import, as the CLI does it (it imports nothing else before parsing).
-PLAN_IMPORTS = "import backfill.cli, backfill.logs, backfill.settings, backfill.job"
-RUN_IMPORTS = PLAN_IMPORTS + ", aiohttp, backfill.engine"
+PLAN_IMPORTS = "import backfill.cli, backfill.settings, backfill.commands.plan"
+RUN_IMPORTS = PLAN_IMPORTS + ", backfill.logs, backfill.commands.run, aiohttp"
 
 
 def _best_cpu(settings: Settings, argv: list[str], label: str) -> float:

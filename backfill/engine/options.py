@@ -6,34 +6,12 @@ Nothing here acts; every part of the engine reads these, and only the parts add 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
+from backfill.choices import ExistingRuns, OnFailure, Order, RetryMode
 from backfill.errors import BackfillError
 from backfill.limits import Backoff
-from backfill.planner import Order
 
 __all__ = ["EngineOptions", "ExistingRuns", "OnFailure", "Outcome", "RetryMode", "Stats"]
-
-
-class RetryMode(StrEnum):
-    """How a failed run's window is run again."""
-
-    RETRIGGER = "re-trigger"
-    NEW_RUN = "new-run"
-
-
-class ExistingRuns(StrEnum):
-    """What to do with runs the service already holds for windows the checkpoint never saw."""
-
-    ADOPT = "adopt"
-    IGNORE = "ignore"
-
-
-class OnFailure(StrEnum):
-    """What a window failing for good does to the rest of the backfill."""
-
-    CONTINUE = "continue"
-    STOP = "stop"
 
 
 @dataclass(frozen=True, slots=True)

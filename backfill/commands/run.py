@@ -1,0 +1,512 @@
+"""``backfill run`` and ``backfill retry``: submit every window not yet accepted, resumably.
+
+This is where the parts meet -- plan, checkpoint, HTTP session, tokens, limiter, engine,
+progress, report, metrics -- and where signals are turned into a graceful stop. The CLI
+above it only parses and prints; the modules below it know nothing of each other's setup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from backfill.auth import TokenProvider
+from backfill.choices import CONFIRM_ABOVE
+from backfill.client import FlowServiceClient
+from backfill.engine import Engine, EngineOptions, ExistingRuns, Outcome
+from backfill.engine.preflight import preflight
+from backfill.errors import BackfillError, ConfigError, ExitCode
+from backfill.journal import Journal
+from backfill.limits import RateLimiter, real_sleep
+from backfill.paths import write_target_problem
+from backfill.permits import Permits
+from backfill.planner import Plan
+from backfill.preview import Preview, preview
+from backfill.report import Snapshot, duplicate_windows, print_summary, progress_task, write_report
+from backfill.retry import retrying
+from backfill.settings import Settings
+from backfill.state import WindowState
+
+from .wiring import (
+    checkpoint_file,
+    counts_dict,
+    engine_options,
+    http_session,
+    identity,
+    register_secrets,
+    requested_plan,
+    token_provider,
+)
+
+if TYPE_CHECKING:
+    from backfill.metrics import Metrics
+
+__all__ = ["NotConfirmed", "run_command"]
+
+log = structlog.get_logger("backfill")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_EXITS = {
+    signal.SIGINT: ExitCode.SIGINT,
+    signal.SIGTERM: ExitCode.SIGTERM,
+    signal.SIGHUP: ExitCode.SIGHUP,
+}
+
+
+async def run_command(
+    settings: Settings,
+    *,
+    retry_failed: bool = False,
+    retry_empty: bool = False,
+    from_checkpoint: bool = False,
+    json_lines: bool = True,
+    live: bool = False,
+) -> ExitCode:
+    """``run`` (and ``retry``): submit every window not yet accepted, resumably.
+
+    The checkpoint is opened first (its problems need no network), then the credentials are
+    tried and every flow goes through the pre-flight, before anything is sent. A command that
+    stops before it recorded anything leaves no checkpoint behind it had just created.
+    """
+    settings.refuse_idle_options()
+    settings.require_credentials()
+    if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
+        raise ConfigError(
+            "--existing-runs",
+            "'ignore' sends windows the service may already have runs for, which ingests them "
+            "twice; add --yes to confirm, or leave it at 'adopt'",
+        )
+    settings.check_run_paths(existing=from_checkpoint)
+    register_secrets(settings)
+    requested = requested_plan(settings, from_checkpoint=from_checkpoint)
+    if requested is not None:
+        settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
+    path = checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
+    # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
+    # as it was: it is tried before the checkpoint is created or changed.
+    _check_port(settings.metrics_port)
+    shard = requested.shard if requested is not None else settings.shard_spec()
+    for field in ("report", "metrics_file"):  # written at the end: their folders are now
+        _check_writable(settings, field, settings.shard_path(getattr(settings, field), shard))
+    if _may_ask(settings):
+        # Count on a read-only copy first: a "no" leaves no checkpoint behind.
+        ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
+        _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
+    journal = Journal.open(path, requested, extend=settings.extend)
+    untouched = False
+    try:
+        _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
+        _log_opened(journal)
+        return await _run(
+            settings,
+            journal,
+            retry_failed=retry_failed,
+            retry_empty=retry_empty,
+            json_lines=json_lines,
+            live=live,
+        )
+    except BackfillError as exc:
+        # Refused (exit 2: credentials, the pre-flight) before anything was recorded: the
+        # corrected command, maybe with another plan, must not meet a checkpoint this one
+        # created. It goes while the lock is still held, so no other process can have started
+        # writing to it. An outage (exit 75) keeps it: the same command runs again later.
+        untouched = (
+            exc.exit_code is ExitCode.USAGE and journal.replay.created and journal.records == 0
+        )
+        raise
+    finally:
+        if untouched:
+            path.unlink(missing_ok=True)
+        await journal.close()
+
+
+def _may_send(journal: Journal, options: EngineOptions) -> bool:
+    """Whether any window may still need a request (then the flows are checked first)."""
+    counts = journal.counts()
+    waiting = counts[WindowState.PENDING] + counts[WindowState.SUBMITTING]
+    waiting += counts[WindowState.FAILED]
+    if options.retry_empty:
+        waiting += counts[WindowState.EMPTY]
+    return waiting > 0
+
+
+def _preview(settings: Settings, journal: Journal, *, retry_failed: bool) -> Preview:
+    return preview(
+        journal,
+        order=settings.order,
+        max_attempts=settings.max_attempts,
+        retry_failed=retry_failed,
+        retry_mode=settings.retry_mode,
+    )
+
+
+def _may_ask(settings: Settings) -> bool:
+    """A question needs someone to answer it: a terminal on both ends, and no --yes."""
+    return not settings.yes and sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _confirm(settings: Settings, ahead: Preview) -> None:
+    if ahead.to_send <= CONFIRM_ABOVE:
+        return
+    sys.stderr.write(
+        f"This sends {ahead.to_send:,} runs ({ahead.new_runs:,} new) to organization "
+        f"{settings.org_id}, sandbox {settings.sandbox_name}, at {settings.base_url}. "
+        "Go ahead? [y/N] "
+    )
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        raise NotConfirmed
+
+
+class NotConfirmed(BackfillError):
+    """The user said no at the terminal: nothing was sent, no checkpoint written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "not confirmed: nothing was sent and no checkpoint written "
+            "(--yes, or BACKFILL_YES=true, answers yes)"
+        )
+
+
+def _log_starting(settings: Settings, journal: Journal, ahead: Preview) -> None:
+    """The first line of every run: where it sends, and how much."""
+    log.info(
+        "backfill_starting",
+        org=settings.org_id,
+        sandbox=settings.sandbox_name,
+        base_url=settings.base_url,
+        flows=[flow.flow_id for flow in journal.plan.flows],
+        shard=None if journal.plan.shard.whole else str(journal.plan.shard),
+        checkpoint=str(journal.path),
+        **ahead.totals(),
+    )
+
+
+async def _run(
+    settings: Settings,
+    journal: Journal,
+    *,
+    retry_failed: bool,
+    retry_empty: bool,
+    json_lines: bool,
+    live: bool,
+) -> ExitCode:
+    loop = asyncio.get_running_loop()
+    plan = journal.plan
+    rate = settings.effective_rate(plan.shard.count)  # a retried checkpoint knows its shard
+    options = engine_options(
+        settings, retry_failed=retry_failed, retry_empty=retry_empty, shard=plan.shard
+    )
+    async with http_session(settings) as session:
+        tokens = token_provider(settings, session)
+        limiter = RateLimiter(rate)
+        permits = Permits(limiter)
+        client = FlowServiceClient(
+            session, settings.base_url, identity(settings), tokens, permits.take
+        )
+        # Bad credentials fail here, before anything is sent; an IMS outage is retried.
+        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
+        if _may_send(journal, options):
+            # Each flow once, before anything is sent (its GET takes a rate permit).
+            with_column = await preflight(
+                client,
+                plan.flows,
+                sandbox=settings.sandbox_name,
+                backoff=options.backoff,
+                max_retry_after=options.max_retry_after,
+            )
+            options = replace(options, flows_with_delta_column=with_column)
+        engine = Engine(journal, client, limiter, options, permits=permits)
+        metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
+        log.info(
+            "backfill_started",
+            windows=plan.count(),
+            shard=str(plan.shard),
+            rate=str(rate),
+            concurrency=options.concurrency,
+            checkpoint=str(journal.path),
+            **counts_dict(journal),
+        )
+        work = asyncio.ensure_future(engine.run())
+        received: list[signal.Signals] = []
+        _install_signals(loop, received, engine, work, settings.grace)
+        start_done = _snapshot(journal, engine, client, options.wait, 0.0).done
+        progress = asyncio.ensure_future(
+            progress_task(
+                lambda: _snapshot(
+                    journal, engine, client, options.wait, engine.started, start_done
+                ),
+                interval=settings.progress_interval,
+                live=live,
+            )
+        )
+        try:
+            outcome = await work
+        except asyncio.CancelledError:
+            if not work.cancelled():
+                raise
+            outcome = Outcome(stopped="grace period over: requests still in flight were abandoned")
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+        await journal.commit()
+        snapshot = _snapshot(journal, engine, client, options.wait, engine.started, start_done)
+        duplicates = len(duplicate_windows(journal))
+        code = _exit_code(outcome, snapshot, received, duplicates)
+        report = settings.shard_path(settings.report, plan.shard)
+        if report is not None:
+            write_report(report, journal, _totals(snapshot, engine, outcome, code))
+        metrics_file = settings.shard_path(settings.metrics_file, plan.shard)
+        if metrics is not None and metrics_file is not None:
+            metrics.write(metrics_file)
+        print_summary(snapshot, json_lines=json_lines, outcome=_outcome_word(code))
+        if outcome.error is not None:
+            raise outcome.error
+        if received:
+            log.warning(
+                "interrupted",
+                signal=received[0].name,
+                hint="run the same command again to resume",
+                submitting=snapshot.counts[WindowState.SUBMITTING],
+            )
+        elif code is ExitCode.DUPLICATES:
+            log.error(
+                "duplicate_runs",
+                windows=duplicates,
+                hint="the service holds more than one live run for these windows: see "
+                "`backfill status` (duplicate_runs) and check what they ingested",
+            )
+        elif code is ExitCode.WINDOWS_FAILED:
+            log.warning(
+                "windows_failed",
+                failed=snapshot.counts[WindowState.FAILED],
+                hint="`backfill retry --checkpoint ...` sends them again",
+            )
+        return code
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop,
+    received: list[signal.Signals],
+    engine: Engine,
+    work: asyncio.Future[Outcome],
+    grace: float,
+) -> None:
+    """SIGTERM/SIGINT/SIGHUP: stop taking windows, give requests in flight ``grace`` seconds.
+
+    SIGHUP (a closed terminal, some supervisors) is a stop like SIGTERM, not a sudden death.
+    """
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received and sig is signal.SIGINT:
+            # A second Ctrl-C: leave now. Every acted-on request's intent is already on disk.
+            os._exit(ExitCode.SIGINT)
+        if not received:
+            received.append(sig)
+            engine.stop(f"received {sig.name}")
+            loop.call_later(grace, work.cancel)
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _metrics(
+    settings: Settings,
+    journal: Journal,
+    engine: Engine,
+    client: FlowServiceClient,
+    limiter: RateLimiter,
+    tokens: TokenProvider,
+    plan: Plan,
+) -> Metrics | None:
+    if settings.metrics_port is None and settings.metrics_file is None:
+        return None
+    from backfill.metrics import Metrics, MetricsSource  # noqa: PLC0415 - prometheus only when asked
+
+    metrics = Metrics(
+        MetricsSource(
+            window_counts=journal.counts,
+            responses=lambda: dict(client.responses),
+            submitted=lambda: engine.stats.submitted,
+            retries=lambda: engine.stats.request_retries + engine.stats.retried_runs,
+            rate_limited=lambda: client.responses.get("429", 0),
+            rate_limit_wait=lambda: limiter.waited,
+            token_renewals=lambda: tokens.renewals,
+            duplicates=lambda: engine.stats.duplicates_found,
+            adopted_existing=lambda: engine.stats.adopted_existing,
+            records=journal.record_totals,
+        ),
+        shard=str(plan.shard),
+    )
+    if settings.metrics_port is not None:
+        from backfill.coverage import LivePage  # noqa: PLC0415 - only when asked
+
+        live = LivePage([journal], asyncio.get_running_loop())
+        try:
+            port = metrics.serve(settings.metrics_port, pages=live.pages())
+        except OSError as exc:  # taken since it was checked
+            raise _port_taken(settings.metrics_port, exc) from None
+        log.info("metrics_serving", port=port)
+    return metrics
+
+
+def _check_port(port: int | None) -> None:
+    """Bind the metrics port once (and let it go): exit 2 now if something else holds it."""
+    if port is None or port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - where the server will listen
+        except OSError as exc:
+            raise _port_taken(port, exc) from None
+
+
+def _check_writable(settings: Settings, field: str, path: Path | None) -> None:
+    """A file written at the end (report, metrics) must be writable from the start: exit 2 now,
+    before the checkpoint is created or changed, not a traceback after the whole backfill."""
+    if path is None:
+        return
+    problem = write_target_problem(path)  # the settings' own check, on the shard's path
+    if problem is not None:
+        raise ConfigError(f"{settings.source(field)} {path}", problem)
+
+
+def _port_taken(port: int, exc: OSError) -> ConfigError:
+    return ConfigError(
+        "metrics_port",
+        f"port {port} cannot be bound ({exc.strerror or exc}): another process probably holds "
+        "it; choose another --metrics-port",
+    )
+
+
+def _snapshot(
+    journal: Journal,
+    engine: Engine,
+    client: FlowServiceClient,
+    wait: bool,
+    started: float,
+    done_at_start: int = 0,
+) -> Snapshot:
+    stats = engine.stats
+    return Snapshot(
+        counts=journal.counts(),
+        total=journal.plan.count(),
+        elapsed=(time.monotonic() - started) if started else 0.0,
+        wait=wait,
+        requests=sum(client.responses.values()),
+        rate_limited=client.responses.get("429", 0),
+        done_at_start=done_at_start,
+        records=journal.record_totals(),
+        extra={
+            "submitted": stats.submitted,
+            "answers_lost": stats.in_doubt,
+            "adopted_after_doubt": stats.adopted,
+            "resent_after_doubt": stats.resent_after_doubt,
+            "retried_runs": stats.retried_runs,
+            "request_retries": stats.request_retries,
+            "duplicates_found": stats.duplicates_found,
+            "adopted_existing": stats.adopted_existing,
+            "left_in_doubt": stats.left_in_doubt,
+            "foreign_runs": stats.foreign_runs,
+            "list_requests": stats.list_requests,
+            "polls": stats.polls,
+            "reconciliations": stats.reconciliations,
+        },
+    )
+
+
+def _exit_code(
+    outcome: Outcome, snapshot: Snapshot, received: list[signal.Signals], duplicates: int
+) -> ExitCode:
+    if outcome.error is not None:
+        return outcome.error.exit_code
+    if duplicates:
+        return ExitCode.DUPLICATES
+    if received:
+        return _SIGNAL_EXITS[received[0]]
+    counts = snapshot.counts
+    if counts[WindowState.FAILED] or outcome.stopped is not None:
+        return ExitCode.WINDOWS_FAILED
+    if snapshot.done < snapshot.total:
+        return ExitCode.WINDOWS_FAILED
+    return ExitCode.OK
+
+
+def _outcome_word(code: ExitCode) -> str:
+    return {
+        ExitCode.OK: "finished",
+        ExitCode.WINDOWS_FAILED: "finished with failed windows",
+        ExitCode.DUPLICATES: "finished with duplicate runs at the service",
+        ExitCode.SIGINT: "interrupted",
+        ExitCode.SIGTERM: "interrupted",
+        ExitCode.SIGHUP: "interrupted",
+    }.get(code, "stopped on an error")
+
+
+def _totals(snapshot: Snapshot, engine: Engine, outcome: Outcome, code: ExitCode) -> dict[str, Any]:
+    return {
+        "totals": {state.value: n for state, n in snapshot.counts.items()},
+        "planned": snapshot.total,
+        "outcome": _outcome_word(code),
+        "exit_code": int(code),
+        "stopped": outcome.stopped,
+        "error": str(outcome.error) if outcome.error else None,
+        "duration_s": round(snapshot.elapsed, 3),
+        "requests_sent": snapshot.requests,
+        "rate_limited_429": snapshot.rate_limited,
+        **snapshot.extra,
+        "records": snapshot.records,
+        "unknown_statuses": sorted(engine.unknown_statuses),
+    }
+
+
+def _log_opened(journal: Journal) -> None:
+    replay = journal.replay
+    if replay.torn_bytes:
+        log.warning(
+            "checkpoint_torn_line_dropped",
+            path=str(journal.path),
+            bytes=replay.torn_bytes,
+            reason="a crash interrupted the last write; that record never counted",
+        )
+    if replay.extended:
+        log.info("checkpoint_extended", path=str(journal.path))
+    if not replay.created:
+        log.info("resuming", path=str(journal.path), records=replay.records, **counts_dict(journal))
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A lone error inside the engine's TaskGroup is re-raised as itself."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> Iterator[BaseException]:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                yield from walk(inner)
+        else:
+            yield exc
+
+    leaves = list(walk(group))
+    for leaf in leaves:
+        if isinstance(leaf, BackfillError):
+            return leaf
+    return leaves[0] if leaves else group
