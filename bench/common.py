@@ -11,6 +11,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -265,8 +266,17 @@ def measure(
             timed_out.set()
             _signal_group(pid, signal.SIGKILL)
 
+        # Through the probe: the command's peak RSS is then its own, not this process's
+        # (see bench/probe.py), and its CPU excludes the probe's.
+        probed = Path(tempfile.mkstemp(prefix="probe-", suffix=".txt")[1])
+        files.callback(probed.unlink, missing_ok=True)
         started = time.perf_counter()
-        process = spawn(argv, env=env, cwd=cwd, **handles)
+        process = spawn(
+            [sys.executable, str(ROOT / "bench" / "probe.py"), str(probed), "--", *argv],
+            env=env,
+            cwd=cwd,
+            **handles,
+        )
         timer = threading.Timer(timeout, on_timeout, (process.pid,))
         timer.daemon = True
         timer.start()
@@ -277,11 +287,14 @@ def measure(
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         stop(process)  # anything the leader left running in its group
+        own = probed.read_text().split()
     if timed_out.is_set():
         raise BenchError(f"{Path(argv[0]).name} did not finish in {timeout:.0f} s")
-    return Measured(
-        process.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
-    )
+    if len(own) != 2:  # the probe itself was killed: its own figures are all there is
+        return Measured(
+            process.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+        )
+    return Measured(process.returncode, wall, float(own[1]), int(own[0]) / 1024)
 
 
 def tail(path: Path, chars: int = 1500) -> str:
