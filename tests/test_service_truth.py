@@ -123,6 +123,28 @@ async def test_a_new_checkpoint_adopts_what_the_service_already_has(
     assert _states(ledger, plan) == [WindowState.SUCCEEDED] * 6
 
 
+async def test_a_partial_success_is_adopted_over_a_failed_run_and_not_sent_again(
+    journal: OpenJournal,
+) -> None:
+    """A run that ingested with some failed records is a success: it wins over a failed run
+    of the same window, listed first, and the window is neither re-triggered nor sent."""
+    plan = _plan(_hours(FILE, 2))
+    service = FakeService()
+    failed = service._new(FILE, T0, T0 + 3600, None)
+    failed.status = RunStatus.FAILED
+    partial = service._new(FILE, T0, T0 + 3600, None)
+    partial.status = RunStatus.PARTIAL_SUCCESS
+    ledger = journal(plan)
+    engine = _engine(ledger, service, max_attempts=3)
+    await engine.run()
+    entry = ledger.get(Window(FILE, T0, T0 + 3600))
+    assert entry is not None
+    assert entry.run_id == partial.run_id
+    assert entry.state is not WindowState.FAILED
+    assert [c for c in service.calls if c[0] == "retrigger"] == []
+    assert [c[1] for c in service.created()] == [T0 + 3600]  # only the window it never had
+
+
 async def test_a_second_run_with_an_empty_checkpoint_sends_nothing(
     journal: OpenJournal, tmp_path: Path
 ) -> None:

@@ -299,9 +299,16 @@ def created_since_ms(since: float, offset: float | None, margin: float) -> int |
 
 
 def adoption_rank(run: RunInfo) -> int:
-    """Which of several matching runs to adopt: one that succeeded, then one still going."""
+    """Which of several matching runs to adopt: one that ingested, then one still going.
+
+    A partial success ingested the window (only some records failed, help/sources/tutorials/
+    api/monitor.md, AdobeDocs/experience-platform.en: ``failedRecordCount``): it is a success,
+    ranked just after a clean one and above a run still going or one that failed.
+    """
     if run.status is RunStatus.SUCCESS:
         return 0
-    if not run.status.finished:
+    if run.status is RunStatus.PARTIAL_SUCCESS:
         return 1
-    return 2
+    if not run.status.finished:
+        return 2
+    return 3
