@@ -30,11 +30,13 @@ __all__ = ["FlowPreview", "Preview", "ServiceView", "preview"]
 
 @dataclass(slots=True)
 class ServiceView:
-    """What the service said, read-only: whether each flow has a run, and the runs it holds
-    for windows (listed only for flows with windows the checkpoint never saw)."""
+    """What the service said, read-only: whether each flow has a run, the runs it holds for
+    windows (listed only for flows with windows the checkpoint never saw), and the flows whose
+    Copy transformation already has its delta column (the pre-flight's ``GET /flows/{id}``)."""
 
     has_run: dict[str, bool] = field(default_factory=dict)
     runs: dict[str, dict[tuple[int, int], list[RunInfo]]] = field(default_factory=dict)
+    column_set: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class FlowPreview:
     delta_column: str | None
     flow_has_run: bool
     owns_first: bool = True  # this shard owns the flow's first window (sends the column)
+    column_at_service: bool = False  # the flow's Copy transformation has its delta column
 
     @property
     def to_send(self) -> int:
@@ -64,6 +67,7 @@ class FlowPreview:
         """The delta column goes with the flow's first run only."""
         return (
             self.delta_column is not None
+            and not self.column_at_service
             and not self.flow_has_run
             and self.owns_first
             and self.new_runs > 0
@@ -83,6 +87,7 @@ class FlowPreview:
             "last": _window(self.last),
             "delta_column": self.delta_column,
             "sends_delta_column": self.sends_delta_column,
+            "delta_column_at_service": self.column_at_service,
         }
 
 
@@ -140,6 +145,7 @@ def preview(
                 retry_mode=retry_mode,
                 service_has_run=service.has_run.get(flow.flow_id, False),
                 existing=service.runs.get(flow.flow_id, {}),
+                column_at_service=flow.flow_id in service.column_set,
             )
             for flow in journal.plan.flows
         )
@@ -157,6 +163,7 @@ def _flow_preview(
     retry_mode: RetryMode,
     service_has_run: bool,
     existing: dict[tuple[int, int], list[RunInfo]],
+    column_at_service: bool = False,
 ) -> FlowPreview:
     planned = done = at_service = lost = new = retriggers = 0
     first: Window | None = None
@@ -214,6 +221,7 @@ def _flow_preview(
         delta_column=flow.delta_column,
         flow_has_run=has_run,
         owns_first=owns_first,
+        column_at_service=column_at_service,
     )
 
 

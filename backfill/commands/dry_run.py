@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import random
 import sys
-from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from backfill.choices import CONFIRM_ABOVE
 from backfill.client import FlowServiceClient
-from backfill.engine import ExistingRuns
+from backfill.engine.preflight import preflight
+from backfill.engine.survey import survey
 from backfill.errors import BackfillError, CheckpointLocked, ExitCode
 from backfill.journal import Journal, holder
-from backfill.limits import Backoff, RateLimiter, real_sleep
+from backfill.limits import RateLimiter, real_sleep
 from backfill.permits import Permits
 from backfill.planner import format_time
 from backfill.preview import Preview, ServiceView, preview
@@ -27,8 +28,11 @@ from backfill.settings import Settings
 
 from .wiring import (
     checkpoint_file,
+    engine_options,
     http_session,
     identity,
+    may_send,
+    refuse_unconfirmed_ignore,
     register_secrets,
     requested_plan,
     token_provider,
@@ -55,6 +59,7 @@ async def dry_run_command(
     try:
         settings.refuse_idle_options()
         settings.require_credentials()
+        refuse_unconfirmed_ignore(settings)
         register_secrets(settings)
         requested = requested_plan(settings, from_checkpoint=from_checkpoint)
         path = checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
@@ -62,7 +67,7 @@ async def dry_run_command(
         if held is not None:
             raise CheckpointLocked(str(path), held.pid, held.host)
         journal = Journal.open(path, requested, extend=settings.extend, readonly=True)
-        service = await _service_view(settings, journal)
+        service = await _service_view(settings, journal, retry_failed=retry_failed)
     except BackfillError as exc:
         if exc.exit_code in (ExitCode.USAGE, ExitCode.CHECKPOINT_REFUSED):
             raise WouldRefuse(exc) from None
@@ -104,59 +109,36 @@ class WouldRefuse(BackfillError):
         self.cause = cause
 
 
-async def _service_view(settings: Settings, journal: Journal) -> ServiceView:
-    """The read-only questions to the service: credentials, which flows have a run, and (with
-    ``--existing-runs adopt``) the runs it already holds for windows the checkpoint never saw.
+async def _service_view(settings: Settings, journal: Journal, *, retry_failed: bool) -> ServiceView:
+    """The read-only questions the real run asks before it sends anything, asked the same way.
 
-    Flows with a delta column are asked whether they have any run (one request); flows with
-    windows the checkpoint has never seen are listed whole, as the real run lists them before
-    it sends anything. Every request is under the rate limit and retried like the run's.
+    The credentials (a token); when any window may still need a request, the pre-flight of
+    every flow (``GET /flows/{id}``: unknown or hidden flow, a schedule other than once, a
+    conflicting delta column refuse the run, exit 2); then the runs the real run reads before
+    sending (``backfill.engine.survey``: adoption's listings and the delta-column gate's
+    question), through the engine's one pager. Every request is under the rate limit and
+    retried within the one retry budget, as the run's are.
     """
-    rate = settings.effective_rate(journal.plan.shard.count)
-    permits = Permits(RateLimiter(rate))
-    backoff = Backoff(cap=settings.backoff_max, max_retries=settings.max_retries)
-    rng = random.Random()  # noqa: S311 - jitter, not secrecy
-    view = ServiceView()
-    recorded = Counter(window.flow_id for window, _ in journal.items())
-    shard = journal.plan.shard
+    plan = journal.plan
+    options = engine_options(settings, retry_failed=retry_failed, shard=plan.shard)
+    permits = Permits(RateLimiter(settings.effective_rate(plan.shard.count)))
     async with http_session(settings) as session:
         tokens = token_provider(settings, session)
         client = FlowServiceClient(
             session, settings.base_url, identity(settings), tokens, permits.take
         )
         # Bad credentials fail here, as in the real run; an IMS outage is retried.
-        await retrying(tokens.token, backoff, real_sleep, rng)
-        for flow in journal.plan.flows:
-            flow_id = flow.flow_id
-            adopt = settings.existing_runs is ExistingRuns.ADOPT
-            if adopt and recorded[flow_id] < flow.count(shard):
-                runs = view.runs.setdefault(flow_id, {})
-                href: str | None = None
-                while True:
-                    page = await retrying(
-                        lambda flow_id=flow_id, href=href: client.list_runs(  # type: ignore[misc]
-                            flow_id, href=href
-                        ),
-                        backoff,
-                        real_sleep,
-                        rng,
-                    )
-                    for run in page.runs:
-                        if run.flow_id == flow_id and run.window_start is not None:
-                            runs.setdefault((run.window_start, run.window_end or 0), []).append(run)
-                    href = page.next_href
-                    if href is None:
-                        break
-                view.has_run[flow_id] = bool(runs)
-            elif flow.delta_column is not None:
-                page = await retrying(
-                    lambda flow_id=flow_id: client.list_runs(flow_id, limit=1),  # type: ignore[misc]
-                    backoff,
-                    real_sleep,
-                    rng,
-                )
-                view.has_run[flow_id] = bool(page.runs)
-    return view
+        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
+        if may_send(journal, options):
+            with_column = await preflight(
+                client,
+                plan.flows,
+                sandbox=settings.sandbox_name,
+                backoff=options.backoff,
+                max_retry_after=options.max_retry_after,
+            )
+            options = replace(options, flows_with_delta_column=with_column)
+        return await survey(journal, client, permits, options)
 
 
 def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
@@ -186,7 +168,9 @@ def _print_dry_run(out: Any, document: dict[str, Any], ahead: Preview) -> None:
             why = ""
             if not flow.sends_delta_column:
                 why = (
-                    " (the flow already has a run)"
+                    " (the flow's Copy transformation already has it)"
+                    if flow.column_at_service
+                    else " (the flow already has a run)"
                     if flow.flow_has_run
                     else " (another shard sends the flow's first run)"
                     if not flow.owns_first

@@ -25,7 +25,7 @@ import structlog
 from backfill.auth import TokenProvider
 from backfill.choices import CONFIRM_ABOVE
 from backfill.client import FlowServiceClient
-from backfill.engine import Engine, EngineOptions, ExistingRuns, Outcome
+from backfill.engine import Engine, Outcome
 from backfill.engine.preflight import preflight
 from backfill.errors import BackfillError, ConfigError, ExitCode
 from backfill.journal import Journal
@@ -45,6 +45,8 @@ from .wiring import (
     engine_options,
     http_session,
     identity,
+    may_send,
+    refuse_unconfirmed_ignore,
     register_secrets,
     requested_plan,
     token_provider,
@@ -82,12 +84,7 @@ async def run_command(
     """
     settings.refuse_idle_options()
     settings.require_credentials()
-    if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
-        raise ConfigError(
-            "--existing-runs",
-            "'ignore' sends windows the service may already have runs for, which ingests them "
-            "twice; add --yes to confirm, or leave it at 'adopt'",
-        )
+    refuse_unconfirmed_ignore(settings)
     settings.check_run_paths(existing=from_checkpoint)
     register_secrets(settings)
     requested = requested_plan(settings, from_checkpoint=from_checkpoint)
@@ -130,16 +127,6 @@ async def run_command(
         if untouched:
             path.unlink(missing_ok=True)
         await journal.close()
-
-
-def _may_send(journal: Journal, options: EngineOptions) -> bool:
-    """Whether any window may still need a request (then the flows are checked first)."""
-    counts = journal.counts()
-    waiting = counts[WindowState.PENDING] + counts[WindowState.SUBMITTING]
-    waiting += counts[WindowState.FAILED]
-    if options.retry_empty:
-        waiting += counts[WindowState.EMPTY]
-    return waiting > 0
 
 
 def _preview(settings: Settings, journal: Journal, *, retry_failed: bool) -> Preview:
@@ -219,7 +206,7 @@ async def _run(
         )
         # Bad credentials fail here, before anything is sent; an IMS outage is retried.
         await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
-        if _may_send(journal, options):
+        if may_send(journal, options):
             # Each flow once, before anything is sent (its GET takes a rate permit).
             with_column = await preflight(
                 client,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from backfill.auth import ClientCredentials, StaticToken, TokenProvider
 from backfill.client import ApiIdentity
-from backfill.engine import EngineOptions
+from backfill.engine import EngineOptions, ExistingRuns
 from backfill.errors import ConfigError
 from backfill.journal import Journal
 from backfill.limits import Backoff
@@ -34,6 +34,8 @@ __all__ = [
     "engine_options",
     "http_session",
     "identity",
+    "may_send",
+    "refuse_unconfirmed_ignore",
     "register_secrets",
     "requested_plan",
     "token_provider",
@@ -125,6 +127,26 @@ def engine_options(
         backoff=Backoff(cap=settings.backoff_max, max_retries=settings.max_retries),
         max_retry_after=settings.max_retry_after,
     )
+
+
+def refuse_unconfirmed_ignore(settings: Settings) -> None:
+    """``--existing-runs ignore`` may ingest windows twice: only with ``--yes``."""
+    if settings.existing_runs is ExistingRuns.IGNORE and not settings.yes:
+        raise ConfigError(
+            "--existing-runs",
+            "'ignore' sends windows the service may already have runs for, which ingests them "
+            "twice; add --yes to confirm, or leave it at 'adopt'",
+        )
+
+
+def may_send(journal: Journal, options: EngineOptions) -> bool:
+    """Whether any window may still need a request (then the flows are checked first)."""
+    counts = journal.counts()
+    waiting = counts[WindowState.PENDING] + counts[WindowState.SUBMITTING]
+    waiting += counts[WindowState.FAILED]
+    if options.retry_empty:
+        waiting += counts[WindowState.EMPTY]
+    return waiting > 0
 
 
 def counts_dict(journal: Journal) -> dict[str, int]:

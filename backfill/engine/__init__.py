@@ -14,6 +14,8 @@
     adopt:      before anything is sent, the runs the service already holds for windows the
                 checkpoint never saw are recorded (one listing per flow), never sent again
     listing:    the one place that pages through ``GET /runs`` (every part above)
+    survey:     the dry run's read-only view: what adoption and the delta-column gate would
+                read before anything is sent, through the same lister
 
 The parts talk only through the board and the control, never through one another's private
 state; the reconciler hands an adopted run to the monitor's ``observe``.

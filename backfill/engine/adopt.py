@@ -25,7 +25,7 @@ from .listing import Lister
 from .options import EngineOptions
 from .reconcile import Found, adoption_rank
 
-__all__ = ["Adopter"]
+__all__ = ["Adopter", "unreadable_runs"]
 
 log = structlog.get_logger("backfill.engine")
 
@@ -53,13 +53,7 @@ class Adopter:
                 flow.gate = Gate.OPEN  # the flow has had a run: its delta column is set
                 board.wake.set()
             if found.unreadable:
-                ids = [run.run_id for run in found.unreadable]
-                raise ServiceDataError(
-                    f"flow {flow.plan.flow_id} has {len(ids)} run(s) whose window the service "
-                    f"does not say ({', '.join(ids[:_SHOWN])}{' ...' if len(ids) > _SHOWN else ''})"
-                    ": any of them may hold a planned window, so nothing is sent for it; check "
-                    "those runs, then use --existing-runs ignore --yes to send regardless"
-                )
+                raise unreadable_runs(flow.plan.flow_id, found)
             await self._adopt_flow(flow, found)
 
     async def _list(self, flow_id: str) -> Found:
@@ -111,3 +105,14 @@ class Adopter:
         board.stats.adopted_existing += adopted
         if adopted:
             log.info("existing_runs_adopted", flow=plan.flow_id, windows=adopted)
+
+
+def unreadable_runs(flow_id: str, found: Found) -> ServiceDataError:
+    """Why nothing is sent for a flow whose listed runs do not all say their window."""
+    ids = [run.run_id for run in found.unreadable]
+    return ServiceDataError(
+        f"flow {flow_id} has {len(ids)} run(s) whose window the service "
+        f"does not say ({', '.join(ids[:_SHOWN])}{' ...' if len(ids) > _SHOWN else ''})"
+        ": any of them may hold a planned window, so nothing is sent for it; check "
+        "those runs, then use --existing-runs ignore --yes to send regardless"
+    )
