@@ -335,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(status, "json", "one JSON document", action="store_true")
     _flag(status, "refresh", "ask the service for unfinished runs first", action="store_true")
-    _flag(status, "html", "write a self-contained coverage page (HTML) instead", metavar="FILE")
+    _flag(
+        status,
+        "html",
+        "write a self-contained coverage page (HTML) instead; - writes it to stdout",
+        metavar="FILE",
+    )
     _flag(status, "base-url", "Flow Service base URL", metavar="URL")
     _log_flags(status)
 

@@ -652,3 +652,82 @@ async def test_a_checkpoint_named_twice_is_read_once(tmp_path: Path) -> None:
     page = await run_cli(["status", *args, "--html", "p.html"], cli_env(None), tmp_path)
     assert page.code == 0, page.stderr
     assert "coverage of 6 windows" in page.stdout
+
+
+# ------------------------------------------------------------ narrow screens, stdout, flags
+
+
+async def _checkpoint_of_days(path: Path, days: int) -> list[Window]:
+    """Hourly windows over ``days`` days; the first failed with an error, the next submitted."""
+    plan = Plan((FlowPlan.single(FLOW_TABLE, START, START + days * 86400, 3600),))
+    journal = Journal.open(path, plan)
+    windows = list(plan.windows())
+    for i, window in enumerate(windows[:48]):
+        await journal.record(window, WindowState.SUBMITTING, attempt=1)
+        await journal.record(window, WindowState.SUBMITTED, run_id=f"run-{i}")
+    await journal.record(
+        windows[0], WindowState.FAILED, errors=[{"code": "X-1", "message": "it broke"}]
+    )
+    await journal.close()
+    return windows
+
+
+async def test_on_a_narrow_screen_the_grid_fits_and_the_details_stay_in_sight(
+    tmp_path: Path, browser: Browser
+) -> None:
+    windows = await _checkpoint_of_days(tmp_path / "ck.jsonl", 60)
+    page = await status_html(tmp_path, "ck.jsonl")
+    tab = await browser.tab(width=600, height=800)
+    await tab.goto(page.as_uri())
+    await tab.until("document.documentElement.dataset.rendered")
+    # Nothing is wider than the screen: no sideways scrolling to reach a cell.
+    assert await tab.js("document.documentElement.scrollWidth") <= 600
+    await tab.click(f'.c[data-start="{windows[0].start}"]')
+    seen = await tab.js(
+        """(() => {
+      const panel = document.getElementById('detail').getBoundingClientRect();
+      const cell = document.querySelector('.c.sel').getBoundingClientRect();
+      const at = document.elementFromPoint(cell.x + cell.width / 2, cell.y + cell.height / 2);
+      return {top: panel.top, bottom: panel.bottom, height: innerHeight, width: panel.width,
+              cellShown: at !== null && at.classList.contains('sel')};
+    })()"""
+    )
+    # The details of the clicked window are on screen (not below the sixty rows of the grid),
+    # and they do not hide the cell that was clicked.
+    assert 0 <= seen["top"] < seen["bottom"] <= seen["height"], seen
+    assert seen["width"] <= 600
+    assert seen["cellShown"], seen
+    assert "it broke" in await tab.js("document.getElementById('detail').innerText")
+    # Every row can be scrolled clear of the sheet: the last row's cells can be clicked too.
+    await tab.click(f'.c[data-start="{windows[-1].start}"]')
+    assert await tab.js("document.getElementById('detail').dataset.state") == "pending"
+    assert_offline(tab, page)
+
+
+async def test_html_dash_writes_the_page_to_stdout(tmp_path: Path) -> None:
+    await _checkpoint_of_days(tmp_path / "ck.jsonl", 2)
+    result = await run_cli(
+        ["status", "--checkpoint", "ck.jsonl", "--html", "-"], cli_env(None), tmp_path
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith("<!doctype html>")
+    assert result.stdout.rstrip().endswith("</html>")
+    assert "it broke" in result.stdout
+    assert not (tmp_path / "-").exists()
+
+
+async def test_html_and_json_together_are_refused_in_one_line(tmp_path: Path) -> None:
+    await _checkpoint_of_days(tmp_path / "ck.jsonl", 2)
+    before = (tmp_path / "ck.jsonl").read_bytes()
+    result = await run_cli(
+        ["status", "--checkpoint", "ck.jsonl", "--html", "page.html", "--json"],
+        cli_env(None),
+        tmp_path,
+    )
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1
+    assert "--json" in result.stderr
+    assert "--html" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "page.html").exists()
+    assert (tmp_path / "ck.jsonl").read_bytes() == before

@@ -33,6 +33,8 @@ from .wiring import (
 
 __all__ = ["find_checkpoints", "status_command"]
 
+STDOUT = "-"  # --html -: the page goes to standard output
+
 
 async def status_command(
     settings: Settings,
@@ -47,9 +49,16 @@ async def status_command(
     """Show one or several (shard) checkpoints; ``refresh`` asks the service first."""
     out = out or sys.stdout
     if html is not None:
-        from backfill.coverage import check_page_path  # noqa: PLC0415 - only when asked
+        if as_json:
+            raise ConfigError(
+                "--json",
+                "cannot go with --html: --html writes the coverage page, --json a JSON "
+                "document; give one of them",
+            )
+        if html != STDOUT:
+            from backfill.coverage import check_page_path  # noqa: PLC0415 - only when asked
 
-        check_page_path(html)
+            check_page_path(html)
     if refresh:
         settings.require_credentials()
         register_secrets(settings)
@@ -73,6 +82,11 @@ async def status_command(
             finally:
                 await journal.close()
     journals = [Journal.open(path, None, readonly=True) for path in paths]
+    if html == STDOUT:
+        from backfill.coverage import page_data, render  # noqa: PLC0415 - only when asked
+
+        out.write(render(page_data(journals)))  # the page alone: `> page.html`, or a pipe
+        return ExitCode.OK
     if html is not None:
         from backfill.coverage import write_page  # noqa: PLC0415 - only when asked
 

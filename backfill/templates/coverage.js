@@ -138,11 +138,12 @@
   }
 
   function cellSize(cols) {
-    if (cols <= 12) return 26;
-    if (cols <= 24) return 20;
-    if (cols <= 31) return 17;
-    if (cols <= 60) return 12;
-    return Math.max(6, Math.floor(900 / cols));
+    var size = cols <= 12 ? 26 : cols <= 24 ? 20 : cols <= 31 ? 17 : cols <= 60 ? 12 : 900 / cols;
+    // Never wider than the page: a row is its label and its cells, each cell 1 px apart.
+    var label = window.matchMedia("(max-width: 900px)").matches ? 100 : 112;
+    var room = doc.getElementById("app").clientWidth - label;
+    if (room > 0) size = Math.min(size, room / cols - 1);
+    return Math.max(6, Math.floor(size));
   }
 
   function axis(flow, size) {
@@ -383,6 +384,17 @@
       setTimeout(poll, data.refresh * 1000);
     });
   }
+
+  // A window made narrower or wider draws its cells again to fit (once the resizing rests).
+  var drawnAt = app.clientWidth, resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(function () {
+      if (Math.abs(app.clientWidth - drawnAt) < 8) return;
+      drawnAt = app.clientWidth;
+      render();
+    }, 150);
+  });
 
   fromHash();
   render();
