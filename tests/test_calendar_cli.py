@@ -276,3 +276,29 @@ async def test_an_inherited_calendar_align_names_the_flow_whose_window_is_fixed(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "align.toml: align: calendar needs a calendar window size" in result.stderr
     assert "flows[1].window is 6h, a fixed size" in result.stderr
+
+
+async def test_status_text_shows_a_calendar_plans_windows_in_its_zone(tmp_path: Path) -> None:
+    days = [
+        "run",
+        *("--flow-id", FLOW_FILE, "--start", "2024-03-29", "--end", "2024-04-02"),
+        *("--window", "1d", "--timezone", MADRID, "--checkpoint", "ck.jsonl"),
+        *("--wait", "--max-attempts", "1", "--rate", "50/s"),
+    ]
+    async with emulator(fail_rate=1.0) as emu:
+        run = await run_cli(days, cli_env(emu), tmp_path)
+    assert run.code == 1, run.stderr
+    status = await run_cli(["status", "--checkpoint", "ck.jsonl"], cli_env(None), tmp_path)
+    assert status.code == 0, status.stderr
+    text = status.stdout
+    assert f"every 1d in {MADRID}" in text  # the flow line names the zone
+    failed = [line for line in text.splitlines() if "failed for good" in line]
+    # Each Madrid midnight, with its offset: winter time, then summer time from 31 March.
+    assert [line.split()[7] for line in failed] == [
+        "2024-03-29T00:00:00+01:00",
+        "2024-03-30T00:00:00+01:00",
+        "2024-03-31T00:00:00+01:00",
+        "2024-04-01T00:00:00+02:00",
+    ], text
+    assert "T23:00:00Z" not in text  # not in UTC only
+    assert "T22:00:00Z" not in text

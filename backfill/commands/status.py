@@ -17,7 +17,7 @@ from backfill.errors import CheckpointMissing, ConfigError, ExitCode
 from backfill.journal import Holder, Journal, holder
 from backfill.limits import RateLimiter
 from backfill.permits import Permits
-from backfill.planner import Plan, Shard, format_time
+from backfill.planner import Plan, Shard, Window, format_time
 from backfill.report import duplicate_windows, records_line, status_document
 from backfill.settings import Settings
 from backfill.state import LABELS, WindowState
@@ -134,6 +134,12 @@ def _print_status(
     out: Any, journal: Journal, counts: dict[WindowState, int], held: Holder | None
 ) -> None:
     plan = journal.plan
+    flows = {flow.flow_id: flow for flow in plan.flows}
+
+    def at(window: Window, moment: int | None = None) -> str:
+        """A window's moment as its plan's zone shows it (local with the offset; Z in UTC)."""
+        return flows[window.flow_id].show(window.start if moment is None else moment)
+
     shard = "" if plan.shard.whole else f" (shard {plan.shard})"
     out.write(
         f"{journal.path}{shard}: {plan.count():,} windows planned; {describe_counts(counts)}\n"
@@ -156,7 +162,7 @@ def _print_status(
         for window in sending[:20]:
             out.write(
                 f"  {label}, answer lost or never sent: {window.flow_id} "
-                f"{format_time(window.start)} .. {format_time(window.end)} "
+                f"{at(window)} .. {at(window, window.end)} "
                 "(looked up at the service on the next run)\n"
             )
         if len(sending) > 20:
@@ -164,13 +170,13 @@ def _print_status(
     for window, entry in journal.items(noted=True):
         if entry.candidates:
             out.write(
-                f"  {label}, kept: {window.flow_id} {format_time(window.start)}: the service "
+                f"  {label}, kept: {window.flow_id} {at(window)}: the service "
                 f"lists run(s) {', '.join(entry.candidates)} without their window; look them "
                 "up before running again\n"
             )
     for window, entry in duplicate_windows(journal)[:20]:
         out.write(
-            f"  duplicate: {window.flow_id} {format_time(window.start)} run {entry.run_id} "
+            f"  duplicate: {window.flow_id} {at(window)} run {entry.run_id} "
             f"and live run(s) {', '.join(entry.duplicates)} at the service\n"
         )
     failed = list(journal.items({WindowState.FAILED}))
@@ -181,9 +187,7 @@ def _print_status(
             if entry.retrying
             else f"failed for good after {entry.attempt} attempt(s)"
         )
-        out.write(
-            f"  {what}: {window.flow_id} {format_time(window.start)} run {entry.run_id}: {reason}\n"
-        )
+        out.write(f"  {what}: {window.flow_id} {at(window)} run {entry.run_id}: {reason}\n")
     if len(failed) > 20:
         out.write(f"  ... and {len(failed) - 20:,} more failed\n")
     # Empty and partial runs succeeded, so they do not fail the backfill; they are shown.
@@ -196,7 +200,7 @@ def _print_status(
             records = entry.counts.as_dict() if entry.counts else {}
             counted = ", ".join(f"{k} {v:,}" for k, v in records.items() if k in _RECORDS)
             out.write(
-                f"  {LABELS[state]}: {window.flow_id} {format_time(window.start)} run "
+                f"  {LABELS[state]}: {window.flow_id} {at(window)} run "
                 f"{entry.run_id}: {counted or 'no counts'} ({hint})\n"
             )
         if len(found) > 20:
