@@ -12,6 +12,10 @@ as the engine's dispatcher, so its counts are what the run then sends:
   sent (``--existing-runs adopt``): done when one of its runs is live; when every one failed,
   each counts as an attempt and the window gets another while attempts are left;
 - every other window (submitted, running, succeeded, or failed with no attempt left) is done.
+
+Without the service's answer (the real run's start line and its question, counted before
+adoption has listed anything), a new window the checkpoint never saw is counted as a new run
+and as ``unchecked``: the run looks it up first, so the counts are then at most what it sends.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class FlowPreview:
     delta_column: str | None
     flow_has_run: bool
     owns_first: bool = True  # this shard owns the flow's first window (sends the column)
+    # Of the new runs, windows the checkpoint never saw whose runs at the service were not
+    # looked up: with --existing-runs adopt, the run lists them first and sends none it has.
+    unchecked: int = 0
     column_at_service: bool = False  # the flow's Copy transformation has its delta column
 
     @property
@@ -83,6 +90,7 @@ class FlowPreview:
             "to_send": self.to_send,
             "new_runs": self.new_runs,
             "retriggers": self.retriggers,
+            "unchecked": self.unchecked,
             "first": _window(self.first),
             "last": _window(self.last),
             "delta_column": self.delta_column,
@@ -114,6 +122,7 @@ class Preview:
             "to_send": self.to_send,
             "new_runs": self.new_runs,
             "retriggers": sum(f.retriggers for f in self.flows),
+            "unchecked": sum(f.unchecked for f in self.flows),
         }
 
 
@@ -144,7 +153,7 @@ def preview(
                 retry_failed=retry_failed,
                 retry_mode=retry_mode,
                 service_has_run=service.has_run.get(flow.flow_id, False),
-                existing=service.runs.get(flow.flow_id, {}),
+                existing=service.runs.get(flow.flow_id),
                 column_at_service=flow.flow_id in service.column_set,
             )
             for flow in journal.plan.flows
@@ -162,10 +171,10 @@ def _flow_preview(
     retry_failed: bool,
     retry_mode: RetryMode,
     service_has_run: bool,
-    existing: dict[tuple[int, int], list[RunInfo]],
+    existing: dict[tuple[int, int], list[RunInfo]] | None,
     column_at_service: bool = False,
 ) -> FlowPreview:
-    planned = done = at_service = lost = new = retriggers = 0
+    planned = done = at_service = lost = new = retriggers = unchecked = never_seen = 0
     first: Window | None = None
     last: Window | None = None
     has_run = service_has_run
@@ -189,6 +198,9 @@ def _flow_preview(
                 new += 1
         elif entry is None or entry.state is WindowState.PENDING:
             new += 1
+            if existing is None:
+                unchecked += 1  # the service's runs of this flow were not looked at
+                never_seen += entry is None
         elif entry.state is WindowState.FAILED and (retry_failed or entry.attempt < max_attempts):
             if retry_mode is RetryMode.RETRIGGER and entry.run_id is not None:
                 retriggers += 1
@@ -203,6 +215,8 @@ def _flow_preview(
         if first is None:
             first = window
         last = window
+    if not never_seen:
+        unchecked = 0  # the checkpoint knows every window: the run lists nothing first
     shard = journal.plan.shard
     first_of_flow = next(flow.windows(order), None)
     owns_first = first_of_flow is None or (
@@ -222,6 +236,7 @@ def _flow_preview(
         flow_has_run=has_run,
         owns_first=owns_first,
         column_at_service=column_at_service,
+        unchecked=unchecked,
     )
 
 

@@ -198,6 +198,37 @@ async def test_every_run_starts_by_naming_where_it_sends_and_how_much(tmp_path: 
     assert first["base_url"] == emu.base_url
     assert first["flows"] == [FLOW_TABLE, FLOW_FILE]
     assert (first["planned"], first["new_runs"]) == (12, 12)
+    assert (first["unchecked"], first["at_most"]) == (12, True)  # a fresh checkpoint
+
+
+async def test_the_start_line_says_its_counts_are_at_most_until_adoption_has_looked(
+    tmp_path: Path,
+) -> None:
+    async with emulator() as emu:
+        env = cli_env(emu)
+        earlier = await run_cli(hourly_run(FLOW_FILE, 12), env, tmp_path)
+        assert earlier.code == 0, earlier.stderr
+        fresh = await run_cli(hourly_run(FLOW_FILE, 16, "--checkpoint", "new.jsonl"), env, tmp_path)
+        posts = len(emu.stats()["runs"])
+        # Interrupted by nothing, resumed with a longer plan: the checkpoint knows 16 of 20.
+        resumed = await run_cli(
+            hourly_run(FLOW_FILE, 20, "--checkpoint", "new.jsonl", "--extend"), env, tmp_path
+        )
+        again = await run_cli(hourly_run(FLOW_FILE, 20, "--checkpoint", "new.jsonl"), env, tmp_path)
+    assert fresh.code == 0, fresh.stderr
+    lines = fresh.json_lines()
+    start = lines[0]
+    assert start["event"] == "backfill_starting"
+    assert (start["to_send"], start["unchecked"], start["at_most"]) == (16, 16, True)
+    adopted = [line for line in lines if line["event"] == "existing_runs_adopted"]
+    assert [line["windows"] for line in adopted] == [12]
+    assert posts == 12 + 4  # at most 16, and in fact 4
+    assert resumed.code == 0, resumed.stderr
+    start = resumed.json_lines()[0]
+    assert (start["to_send"], start["unchecked"], start["at_most"]) == (4, 4, True)
+    assert again.code == 0, again.stderr
+    start = again.json_lines()[0]
+    assert (start["to_send"], start["unchecked"], start["at_most"]) == (0, 0, False)
 
 
 async def _in_terminal(
@@ -256,7 +287,9 @@ async def test_more_than_1000_runs_on_a_terminal_asks_first_and_no_sends_nothing
         code, terminal = await _in_terminal(args, cli_env(emu), tmp_path, b"n\n")
         assert emu.stats()["runs"] == []
     assert code == 2, terminal
-    assert "This sends 1,100 runs" in terminal
+    # A fresh checkpoint: every window is looked up at the service before it is sent.
+    assert "This sends up to 1,100 runs" in terminal
+    assert "1,100 windows this checkpoint has never seen are looked up at the service" in terminal
     assert "not confirmed" in terminal
     assert not (tmp_path / "ck.jsonl").exists()
 

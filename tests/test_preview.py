@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from backfill.engine import RetryMode
 from backfill.journal import Journal
 from backfill.planner import FlowPlan, Order, Plan, Shard
-from backfill.preview import preview
+from backfill.preview import ServiceView, preview
 from backfill.state import WindowState
 
 FLOW = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
@@ -85,3 +86,32 @@ async def test_the_delta_column_goes_with_the_first_run_of_the_owning_shard(
         ).flows
         senders.append(flow.sends_delta_column)
     assert senders.count(True) == 1
+
+
+async def test_windows_never_seen_are_unchecked_until_the_service_was_asked(
+    tmp_path: Path,
+) -> None:
+    """``unchecked``: new runs the real run first looks up at the service (adoption)."""
+    fresh = Journal.open(tmp_path / "fresh.jsonl", _plan(), readonly=True)
+    options: dict[str, Any] = {
+        "order": Order.OLDEST_FIRST,
+        "max_attempts": 2,
+        "retry_failed": False,
+        "retry_mode": RetryMode.RETRIGGER,
+    }
+    (flow,) = preview(fresh, **options).flows
+    assert (flow.new_runs, flow.unchecked) == (6, 6)
+    (listed,) = preview(fresh, **options, service=ServiceView(runs={FLOW: {}})).flows
+    assert (listed.new_runs, listed.unchecked) == (6, 0)  # looked: nothing held, all sent
+    # A checkpoint that knows windows 0..3 still never saw 4 and 5.
+    (known,) = preview(await _journal(tmp_path / "ck.jsonl"), **options).flows
+    assert (known.new_runs, known.unchecked) == (2, 2)
+    # Once every window is on record (each back to pending), the run lists nothing first.
+    plan = _plan()
+    journal = Journal.open(tmp_path / "all.jsonl", plan)
+    for window in plan.windows():
+        await journal.record(window, WindowState.SUBMITTING, attempt=1)
+        await journal.record(window, WindowState.PENDING)
+    await journal.close()
+    (whole,) = preview(Journal.open(tmp_path / "all.jsonl", None, readonly=True), **options).flows
+    assert (whole.new_runs, whole.unchecked) == (6, 0)

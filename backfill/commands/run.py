@@ -25,7 +25,7 @@ import structlog
 from backfill.auth import TokenProvider
 from backfill.choices import CONFIRM_ABOVE
 from backfill.client import FlowServiceClient
-from backfill.engine import Engine, Outcome
+from backfill.engine import Engine, ExistingRuns, Outcome
 from backfill.engine.preflight import preflight
 from backfill.errors import BackfillError, ConfigError, ExitCode
 from backfill.journal import Journal
@@ -144,12 +144,33 @@ def _may_ask(settings: Settings) -> bool:
     return not settings.yes and sys.stdin.isatty() and sys.stderr.isatty()
 
 
+def _unchecked(settings: Settings, ahead: Preview) -> int:
+    """Windows counted as to send that the run first looks up at the service (and adopts
+    rather than sends when it has them): the counts are then only upper bounds."""
+    if settings.existing_runs is not ExistingRuns.ADOPT:
+        return 0
+    return ahead.totals()["unchecked"]
+
+
 def _confirm(settings: Settings, ahead: Preview) -> None:
+    """Ask before more than CONFIRM_ABOVE runs. Counted from the checkpoint: the runs the
+    service already holds for windows the checkpoint never saw are known only from the whole
+    listing of each flow's runs, which adoption reads after the question; reading it before
+    too would double the listing of every fresh backfill. The question says so instead, and
+    ``--dry-run`` gives the exact count."""
     if ahead.to_send <= CONFIRM_ABOVE:
         return
+    unchecked = _unchecked(settings, ahead)
+    bound = "up to " if unchecked else ""
+    held = (
+        f" ({unchecked:,} windows this checkpoint has never seen are looked up at the service "
+        "first: any it already has a run for is adopted, not sent; --dry-run counts them)"
+        if unchecked
+        else ""
+    )
     sys.stderr.write(
-        f"This sends {ahead.to_send:,} runs ({ahead.new_runs:,} new) to organization "
-        f"{settings.org_id}, sandbox {settings.sandbox_name}, at {settings.base_url}. "
+        f"This sends {bound}{ahead.to_send:,} runs ({ahead.new_runs:,} new) to organization "
+        f"{settings.org_id}, sandbox {settings.sandbox_name}, at {settings.base_url}{held}. "
         "Go ahead? [y/N] "
     )
     sys.stderr.flush()
@@ -169,7 +190,13 @@ class NotConfirmed(BackfillError):
 
 
 def _log_starting(settings: Settings, journal: Journal, ahead: Preview) -> None:
-    """The first line of every run: where it sends, and how much."""
+    """The first line of every run: where it sends, and how much.
+
+    Counted from the checkpoint, before adoption: when ``unchecked`` windows are looked up at
+    the service first, ``to_send`` and ``new_runs`` are at most that (``at_most``); the
+    ``existing_runs_adopted`` lines then say how many the service had.
+    """
+    unchecked = _unchecked(settings, ahead)
     log.info(
         "backfill_starting",
         org=settings.org_id,
@@ -179,6 +206,7 @@ def _log_starting(settings: Settings, journal: Journal, ahead: Preview) -> None:
         shard=None if journal.plan.shard.whole else str(journal.plan.shard),
         checkpoint=str(journal.path),
         **ahead.totals(),
+        at_most=unchecked > 0,
     )
 
 
