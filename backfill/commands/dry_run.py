@@ -52,7 +52,7 @@ async def dry_run_command(
     """``run --dry-run``: every check of the real run, and its counts; nothing is sent.
 
     Reads the checkpoint without locking or writing it, asks the service only read-only
-    questions (a token; whether each table-based flow has a run yet), under the rate.
+    questions (a token; each flow's pre-flight; the runs it holds), under the rate.
     Exit 0 when the real run would proceed; 2, with its reason, when it would refuse.
     """
     out = out or sys.stdout
