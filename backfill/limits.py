@@ -1,12 +1,14 @@
 """How fast requests may go: an evenly spaced rate limit, pool-wide pauses, and backoff.
 
 The limiter is a GCRA (generic cell rate algorithm, the "virtual scheduling" form): one number,
-the time of the next free slot, and slots one interval apart. A waiter reserves the next slot
-and sleeps exactly until it, so nothing polls and late wake-ups of the event loop are not
-added to the schedule. Every interval carries 1 % of margin, so a request sent a little late
-or early, as a server counting over a sliding window sees it, still fits. As a safety net
-against a stalled loop (waiters woken together), grants are also counted in 200 buckets per
-period: never more than the rate in any sliding period, in constant memory whatever the rate.
+the time of the next slot, and slots one interval apart. Waiters queue in two lines, urgent
+(status polls, listings) before the rest (requests that act), and one pump task sleeps until
+each slot and hands it to the first in line, so nothing polls, a poll never waits behind the
+POSTs queued before it, and a stall of the event loop never releases a burst. Every interval
+carries 1 % of margin, so a request sent a little late or early, as a server counting over a
+sliding window sees it, still fits. As a safety net, grants are also counted in 400 buckets:
+never more than the rate in any sliding period (and half the margin), in constant memory
+whatever the rate.
 
 Compared in ``scripts/bench`` (scenario "rate") on the same load: asyncio-throttle admits a
 full period's burst at once and polls every 10 ms per waiting task; aiolimiter's leaky bucket
@@ -21,6 +23,7 @@ import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -79,60 +82,112 @@ class Rate:
 # equally late, and a server that counts over a sliding window must still never see more
 # than the rate (at 50/s, a request may be 10 ms late relative to one 50 permits before).
 _MARGIN = 0.01
-_BUCKETS = 200  # of a period, for the sliding-window bound: 1/_BUCKETS < _MARGIN, so it is
-# slack enough never to delay an on-time schedule, and only catches bursts after a stall
+# The sliding bound counts over a period and half the margin: grants on time never meet it
+# (they are a whole margin apart), and what a stall bunches up stays this far under the rate
+# as the server sees it, however late the requests that follow it are sent.
+_GUARD = _MARGIN / 2
+_BUCKETS = 400  # of that span: one bucket (0.25 % of it) is the most the count is stricter by
 
 
 class RateLimiter:
-    """Evenly spaced permits for every request, and pool-wide pauses (``Retry-After``).
+    """Evenly spaced permits for every request, urgent ones first, and pool-wide pauses.
 
-    ``acquire`` reserves the next free slot (GCRA) and sleeps until it. Two bounds hold past
-    lateness: no two permits closer than half an interval (waiters woken together after the
-    loop stalled go one by one), and never more than ``permits`` in any sliding ``period``
-    (counted in buckets). ``pause`` voids every reservation made before it: sleepers wake, see
-    the pause, and queue again behind it. State is a few numbers and 201 bucket counts.
+    Waiters queue, urgent ones (``acquire(urgent=True)``: status polls and listings) ahead of
+    the others (new runs); one pump task hands out the permits in that order, each at
+    its slot, so a waiter sleeps on nothing of its own and a stalled loop that wakes the pump
+    late still grants one permit at a time. The slot is decided when it is handed out, not
+    reserved when a waiter arrives, which is what lets a poll that comes last go first and a
+    pause hold everyone without voiding anything.
+
+    The schedule (GCRA's theoretical arrival time) moves one interval per permit; a permit
+    handed out late by up to half an interval does not move it, so timer lateness is not lost
+    throughput, and a later one moves it to half an interval before now, so a stall is never
+    followed by a burst. Never more than ``permits`` in any sliding period (and half the
+    margin) are granted, counted in buckets in constant memory whatever the rate.
     """
 
     def __init__(self, rate: Rate | None, *, clock: Clock = monotonic, sleep: Sleep = real_sleep):
         self._interval = rate.interval * (1.0 + _MARGIN) if rate is not None else 0.0
         self._window: _SlidingCount | None = None
-        if rate is not None:  # `burst` permits in any sliding `burst` intervals (a period)
-            burst = max(1, int(rate.permits))
-            self._window = _SlidingCount(burst, burst * rate.interval)
+        if rate is not None:  # `permits` in any sliding period (and _GUARD of it)
+            self._window = _SlidingCount(max(1, int(rate.permits)), rate.period * (1 + _GUARD))
         self._clock = clock
         self._sleep = sleep
-        self._next = -math.inf  # the next free slot (GCRA's theoretical arrival time)
-        self._last = -math.inf  # when the latest permit was granted
+        self._next = -math.inf  # the next slot (GCRA's theoretical arrival time)
         self._paused_until = -math.inf
-        self._epoch = 0
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+        self._queued = 0  # waiters not yet granted nor cancelled
+        self._pump: asyncio.Task[None] | None = None
         self.waited = 0.0  # seconds spent waiting for permits, for metrics
         self.pauses = 0
 
-    async def acquire(self) -> None:
-        interval = self._interval
-        window = self._window
-        while True:
-            now = self._clock()
-            slot = self._next if self._next > now else now
-            self._next = slot + interval
-            epoch = self._epoch
-            # Wait for the slot, and past it if a bound needs: neither gives the slot up.
-            while True:
-                earliest = max(slot, self._last + interval / 2)
-                if window is not None:
-                    earliest = window.earliest(earliest)
-                if earliest <= now or epoch != self._epoch:
-                    break
-                await self._sleep(earliest - now)
-                woke = self._clock()
-                self.waited += woke - now
-                now = woke
-            if epoch != self._epoch:
-                continue  # a pause voided this reservation: queue again behind it
-            self._last = now
-            if window is not None:
-                window.add(now)
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Wait for a permit; ``urgent`` ones go before every other waiting (FIFO within)."""
+        now = self._clock()
+        if self._pump is None and self._ready(now) <= now:
+            self._grant(now, owed=now)  # nobody waits and the slot is free: no await at all
             return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._normal).append(future)
+        self._queued += 1
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._hand_out())
+        try:
+            await future
+        except asyncio.CancelledError:
+            if not future.done() or future.cancelled():  # never granted: one fewer waiting
+                future.cancel()
+                self._queued -= 1
+                if self._queued == 0 and self._pump is not None:
+                    self._pump.cancel()  # asleep until a slot nobody wants any more
+                    self._pump = None
+            raise
+        finally:
+            self.waited += self._clock() - now
+
+    def _ready(self, now: float) -> float:
+        """The first moment from ``now`` a permit may be granted."""
+        ready = max(self._next, self._paused_until, now)
+        window = self._window
+        return window.earliest(ready) if window is not None else ready
+
+    def _grant(self, now: float, *, owed: float) -> None:
+        """Grant at ``now`` a permit a waiter was owed since ``owed``."""
+        interval = self._interval
+        # Late by up to half an interval: the schedule stands (the lateness is made up);
+        # later than that: it restarts half an interval before now (no burst after a stall).
+        # A caller that finds the slot free was owed nothing: the schedule restarts at now.
+        self._next = max(self._next, now - interval / 2, owed) + interval
+        if self._window is not None:
+            self._window.add(now)
+
+    def _first(self) -> asyncio.Future[None] | None:
+        """The next waiter in line (urgent ones first), dropping cancelled ones."""
+        for queue in (self._urgent, self._normal):
+            while queue:
+                if not queue[0].done():
+                    return queue[0]
+                queue.popleft()
+        return None
+
+    async def _hand_out(self) -> None:
+        """The pump: while anyone waits, sleep until the next slot and grant it in order."""
+        me = asyncio.current_task()
+        try:
+            while (first := self._first()) is not None:
+                now = self._clock()
+                ready = self._ready(now)
+                if ready > now:
+                    await self._sleep(ready - now)
+                    continue  # a pause, or an urgent waiter, may have come meanwhile
+                (self._urgent or self._normal).popleft()  # `first` heads the first non-empty
+                self._queued -= 1
+                self._grant(now, owed=-math.inf)
+                first.set_result(None)
+        finally:
+            if self._pump is me:
+                self._pump = None
 
     def pause(self, seconds: float) -> None:
         """Hold every permit for ``seconds`` from now (never shortens a longer pause)."""
@@ -140,8 +195,6 @@ class RateLimiter:
         if until <= self._paused_until:
             return
         self._paused_until = until
-        self._next = max(until, self._last + self._interval)
-        self._epoch += 1
         self.pauses += 1
 
 

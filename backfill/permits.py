@@ -7,9 +7,11 @@ itself takes none.
 
 A stop must not leave tasks asleep in the limiter until their slot comes (or a long
 ``Retry-After`` pause ends): ``close`` wakes every waiter at once with ``RequestNotSent``, and
-``halt`` refuses permits to requests that act (``POST``) while listings still go. The limiter
-is left as it is: a waiter is woken by cancelling the task that sleeps inside ``acquire``,
-which costs nothing per request (no extra task, no extra future).
+``halt`` refuses permits to requests that act (``POST``) while listings still go. Requests
+that only read (status polls, listings) wait in the limiter's urgent line, ahead of those
+that act, so what they learn (a window failed for good, a slot freed) is not learnt late.
+A waiter is woken by cancelling the task that waits inside ``acquire``, which costs nothing
+per request (no extra task, no extra future).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class Permits:
         self._check(what, acts=acts)
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always called from a task
-            await self.limiter.acquire()
+            await self.limiter.acquire(urgent=not acts)
             return
         self._waiting[task] = acts
         try:
-            await self.limiter.acquire()
+            # Listings and status polls go first: a failure or a freed slot is seen before
+            # more windows go out (--on-failure stop, --max-active-runs). They still count.
+            await self.limiter.acquire(urgent=not acts)
         except asyncio.CancelledError:
             if task not in self._woken:
                 raise

@@ -137,6 +137,45 @@ async def test_on_failure_stop_stops_taking_windows(tmp_path: Path) -> None:
     assert counts["pending"] == 100 - len(stats["runs"])
 
 
+async def test_on_failure_stop_at_a_low_rate_sees_the_failure_before_more_posts(
+    tmp_path: Path,
+) -> None:
+    """Issue 19: a status poll takes the next permit, not one behind every queued POST.
+
+    At 60/min with 8 workers, 7 POSTs wait for permits while the first run fails. The poll
+    that sees it comes 0.1 s later and goes first, so the stop reaches them before any is
+    sent; queued behind them (as before) it came 7 permits later, after 7 more runs.
+    """
+    hours = 20
+    async with emulator(fail_rate=1.0) as emu:
+        result = await run_cli(
+            hourly_run(
+                FLOW_FILE,
+                hours,
+                "--rate",
+                "60/min",
+                "--concurrency",
+                "8",
+                "--wait",
+                "--max-attempts",
+                "1",
+                "--on-failure",
+                "stop",
+            ),
+            cli_env(emu),
+            tmp_path,
+        )
+        stats = emu.stats()
+    assert result.code == 1, result.stderr
+    assert len(stats["runs"]) == 1, [r["window_start"] for r in stats["runs"]]
+    assert sum(stats["requests"]["by_endpoint"]["POST /runs"].values()) == 1
+    status = await run_cli(
+        ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path
+    )
+    counts = orjson.loads(status.stdout)["counts"]
+    assert (counts["failed"], counts["pending"]) == (1, hours - 1)
+
+
 async def test_newest_first_submits_the_newest_window_first(tmp_path: Path) -> None:
     async with emulator() as emu:
         result = await run_cli(

@@ -305,10 +305,12 @@ async def test_one_very_late_wake_up_does_not_cause_a_burst() -> None:
         await limiter.acquire()
         grants.append(fake.now)
 
-    # After the stall no burst: the next goes half an interval later (its slot is long past),
-    # then the schedule resumes, but never more than two in any second (the 4th waits for
-    # the 2nd's bucket of 5 ms to leave the sliding second).
-    assert grants == pytest.approx([0.0, 4.505, 4.7575, 5.505, 5.76])
+    # After the stall no burst: the late permit restarts the schedule half an interval before
+    # it, so the next comes half an interval later; then never more than two in any second
+    # (and half the margin): the 4th waits for the 2nd to leave the sliding span.
+    assert grants[:3] == pytest.approx([0.0, 4.505, 4.7575])
+    assert grants[3] == pytest.approx(4.505 + 1.005, abs=0.003)
+    assert grants[4] == pytest.approx(4.7575 + 2 * 0.505)  # back on the schedule
 
 
 async def test_concurrent_sleepers_woken_together_by_a_stall_stay_an_interval_apart() -> None:
@@ -435,7 +437,7 @@ async def test_a_stall_past_many_slots_never_breaks_the_sliding_bound() -> None:
 
 
 async def test_memory_stays_bounded_whatever_the_rate() -> None:
-    """At a million a second the limiter keeps a few numbers and 201 counts, not the grants."""
+    """At a million a second the limiter keeps a few numbers and 401 counts, not the grants."""
     fake = SteppingClock()
 
     async def sleep(seconds: float) -> None:  # SteppingClock's would log every sleep
@@ -455,3 +457,61 @@ async def test_memory_stays_bounded_whatever_the_rate() -> None:
 
     assert fake.now == pytest.approx(5_999 * 1.01e-6, rel=1e-3)
     assert after - before < 5_000  # a log of grants would hold 32 bytes each (160 kB here)
+
+
+# ----------------------------------------------------------------- urgent permits first
+
+
+async def test_urgent_waiters_go_before_those_queued_earlier() -> None:
+    """A status poll queued behind five POSTs gets the very next permit (issue 19)."""
+    scheduler = Scheduler()
+    limiter = RateLimiter(Rate(1.0), clock=scheduler.clock, sleep=scheduler.sleep)
+    order: list[str] = []
+
+    async def take(name: str, *, urgent: bool) -> None:
+        await limiter.acquire(urgent=urgent)
+        order.append(name)
+
+    tasks = [asyncio.create_task(take(f"post{i}", urgent=False)) for i in range(5)]
+    await scheduler.settle()  # post0 took the free permit; four wait
+    tasks += [asyncio.create_task(take(f"poll{i}", urgent=True)) for i in range(2)]
+    await scheduler.run(tasks)
+
+    assert order == ["post0", "poll0", "poll1", "post1", "post2", "post3", "post4"]
+
+
+async def test_urgent_permits_still_count_in_the_rate() -> None:
+    scheduler = Scheduler()
+    rate = Rate(4.0)
+    limiter = RateLimiter(rate, clock=scheduler.clock, sleep=scheduler.sleep)
+    grants: list[float] = []
+
+    async def take(urgent: bool) -> None:
+        await limiter.acquire(urgent=urgent)
+        grants.append(scheduler.now)
+
+    tasks = [asyncio.create_task(take(i % 3 == 0)) for i in range(40)]
+    await scheduler.run(tasks)
+
+    assert gaps(grants) == pytest.approx([spacing(rate)] * 39)
+
+
+async def test_a_cancelled_waiter_gives_its_place_up_and_the_pump_stops() -> None:
+    scheduler = Scheduler()
+    limiter = RateLimiter(Rate(1.0), clock=scheduler.clock, sleep=scheduler.sleep)
+    await limiter.acquire()
+    first = asyncio.create_task(limiter.acquire())
+    second = asyncio.create_task(limiter.acquire(urgent=True))
+    await scheduler.settle()
+
+    second.cancel()
+    await scheduler.run([first])
+    assert scheduler.now == pytest.approx(1.01)  # the cancelled one took no slot
+    with pytest.raises(asyncio.CancelledError):
+        await second
+
+    lonely = asyncio.create_task(limiter.acquire())
+    await scheduler.settle()
+    lonely.cancel()
+    await scheduler.settle()
+    assert limiter._pump is None  # nobody waits: nothing sleeps on for a slot nobody wants
