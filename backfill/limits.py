@@ -115,8 +115,8 @@ class RateLimiter:
         self._sleep = sleep
         self._next = -math.inf  # the next slot (GCRA's theoretical arrival time)
         self._paused_until = -math.inf
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._normal: deque[asyncio.Future[None]] = deque()
+        self._urgent: deque[asyncio.Future[float]] = deque()
+        self._normal: deque[asyncio.Future[float]] = deque()
         self._queued = 0  # waiters not yet granted nor cancelled
         self._pump: asyncio.Task[None] | None = None
         self.waited = 0.0  # seconds spent waiting for permits, for metrics
@@ -127,14 +127,15 @@ class RateLimiter:
         now = self._clock()
         if self._pump is None and self._ready(now) <= now:
             self._grant(now, owed=now)  # nobody waits and the slot is free: no await at all
+            self._count_when_sent(now)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         (self._urgent if urgent else self._normal).append(future)
         self._queued += 1
         if self._pump is None:
             self._pump = asyncio.create_task(self._hand_out())
         try:
-            await future
+            granted = await future
         except asyncio.CancelledError:
             if not future.done() or future.cancelled():  # never granted: one fewer waiting
                 future.cancel()
@@ -142,9 +143,28 @@ class RateLimiter:
                 if self._queued == 0 and self._pump is not None:
                     self._pump.cancel()  # asleep until a slot nobody wants any more
                     self._pump = None
-            raise
-        finally:
             self.waited += self._clock() - now
+            raise
+        self.waited += self._clock() - now
+        self._count_when_sent(granted)
+
+    def _count_when_sent(self, granted: float) -> None:
+        """Count the permit in the sliding bound when its request goes, not when granted.
+
+        A request goes out after its permit, not always at once: the waiter resumes a loop
+        turn after the grant, and aiohttp writes a body in a task of its own, a turn later
+        still (before Python 3.12's eager tasks). A busy or descheduled process makes those
+        turns late, and the server then sees that request bunched with the next ones. The
+        bound is kept on the time it goes: a callback queued now runs in the next turn, just
+        before the body's write, and moves the grant there.
+        """
+        if self._window is not None:
+            asyncio.get_running_loop().call_soon(self._went, granted)
+
+    def _went(self, granted: float) -> None:
+        now = self._clock()
+        if now > granted and self._window is not None:
+            self._window.move(granted, now)
 
     def _ready(self, now: float) -> float:
         """The first moment from ``now`` a permit may be granted."""
@@ -162,7 +182,7 @@ class RateLimiter:
         if self._window is not None:
             self._window.add(now)
 
-    def _first(self) -> asyncio.Future[None] | None:
+    def _first(self) -> asyncio.Future[float] | None:
         """The next waiter in line (urgent ones first), dropping cancelled ones."""
         for queue in (self._urgent, self._normal):
             while queue:
@@ -184,7 +204,7 @@ class RateLimiter:
                 (self._urgent or self._normal).popleft()  # `first` heads the first non-empty
                 self._queued -= 1
                 self._grant(now, owed=-math.inf)
-                first.set_result(None)
+                first.set_result(now)
         finally:
             if self._pump is me:
                 self._pump = None
@@ -229,6 +249,14 @@ class _SlidingCount:
             self._head = index
         counts[index % span] += 1
         self._total += 1
+
+    def move(self, old: float, new: float) -> None:
+        """A grant counted at ``old`` happened at ``new`` (later) instead."""
+        index = int(old // self._width)
+        if self._head - index < len(self._counts):  # still in the ring
+            self._counts[index % len(self._counts)] -= 1
+            self._total -= 1
+        self.add(new)
 
     def earliest(self, when: float) -> float:
         """The first moment from ``when`` at which one more grant keeps the bound."""

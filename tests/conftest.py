@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from backfill.emulator.arrival import looking_loop
 from backfill.journal import Journal
 from backfill.planner import Plan
 
 from .mock_http import Mocked
 
 OpenJournal = Callable[[Plan], Journal]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test's loop notes when it looks at its sockets, as ``backfill emulator``'s does:
+    the in-process emulator meters requests as they reached its socket (arrival.py)."""
+    return {"looking": looking_loop}
 
 
 @pytest.fixture

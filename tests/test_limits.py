@@ -515,3 +515,24 @@ async def test_a_cancelled_waiter_gives_its_place_up_and_the_pump_stops() -> Non
     lonely.cancel()
     await scheduler.settle()
     assert limiter._pump is None  # nobody waits: nothing sleeps on for a slot nobody wants
+
+
+async def test_a_request_that_goes_late_is_counted_when_it_goes() -> None:
+    """Descheduled between its permit and its send, a request still keeps the sliding bound.
+
+    The permit is counted in the next loop turn, when the request actually goes (aiohttp
+    writes a body in a task of its own): here the process stalls 0.3 s in between, so the
+    third permit waits until a whole span after the first request went, not after its grant.
+    """
+    scheduler = Scheduler()
+    limiter = RateLimiter(Rate(2.0), clock=scheduler.clock, sleep=scheduler.sleep)
+    grants: list[float] = []
+
+    await limiter.acquire()  # granted at 0, goes a turn later
+    scheduler.now = 0.3  # the process was descheduled before that turn
+    await scheduler.settle()
+    tasks = [asyncio.create_task(granted_at(limiter, scheduler, grants)) for _ in range(2)]
+    await scheduler.run(tasks)
+
+    assert grants[0] == pytest.approx(0.505)  # the schedule is the grants'
+    assert grants[1] == pytest.approx(0.3 + 1.005, abs=0.003)  # not at 1.01: 3 in 1.005 s

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .arrival import arrived_after
 from .auth import Gatekeeper, GatewayError, ImsError
 from .config import EmulatorConfig
 from .errors import FlowServiceError
@@ -129,7 +130,11 @@ class EmulatorApp:
 
         async def flow_service(request: web.Request) -> web.StreamResponse:
             # The order is the contract: latency, rate limit, injected 5xx, auth, handler.
-            verdict = admit(creates_run=creates_run)
+            # How long ago the request can have reached the socket (the loop may be late).
+            transport = request.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            lag = max(0.0, time.monotonic() - arrived_after(sock))
+            verdict = admit(creates_run=creates_run, lag=lag)
             if verdict.delay > 0.0:
                 # A real service has the whole request before it takes its time to act: a
                 # client that gives up meanwhile does not undo the run. Read it first.
@@ -326,6 +331,8 @@ class EmulatorApp:
                 "by_endpoint": {name: dict(counts) for name, counts in self.requests.items()},
             },
             "max_requests_per_second": self.faults.max_requests_per_second,
+            "max_requests_per_second_as_read": self.faults.max_requests_per_second_as_read,
+            "max_read_lag_s": round(self.faults.max_read_lag, 6),
             "rate_limited": self.faults.rate_limited,
             "injected_errors": self.faults.injected_errors,
             "dropped": self.dropped,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .app import serve
+from .arrival import looking_loop
 from .config import EmulatorConfig, FlowKind
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -460,7 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A stale file from an earlier run would tell a waiting script to go too early.
         ready_file.unlink(missing_ok=True)
     try:
-        runs = asyncio.run(_serve_until_signalled(config, ready_file))
+        # The loop notes when it looks at its sockets: requests are metered as they arrived,
+        # not as late as a busy machine lets the emulator read them (see arrival.py).
+        with asyncio.Runner(loop_factory=looking_loop) as runner:
+            runs = runner.run(_serve_until_signalled(config, ready_file))
     except ValueError as exc:  # an unreadable --state file
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

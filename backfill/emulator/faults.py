@@ -60,7 +60,11 @@ class FaultModel:
     Every draw happens synchronously on arrival, before any awaiting, so the same seed and
     the same sequence of requests give the same outcomes even with latency and jitter on.
     The model also counts arrivals over a sliding second: that feeds both the rate limit and
-    the ``max_requests_per_second`` statistic, so it runs even when no limit is set.
+    the ``max_requests_per_second`` statistic, so it runs even when no limit is set. A request
+    arrived when it reached the emulator's socket: ``lag`` (how long before its handler ran
+    it can have arrived, see ``arrival.py``) is taken off, so the emulator's own lateness in
+    reading requests is not counted as the client sending them together. The count as the
+    handlers ran is kept too (``max_requests_per_second_as_read``), with the largest lag.
     """
 
     def __init__(self, config: EmulatorConfig, clock: Callable[[], float]) -> None:
@@ -74,26 +78,40 @@ class FaultModel:
         self._latency_rng = seeded(config.seed, "latency")
         self._error_rng = seeded(config.seed, "errors")
         self._drop_rng = seeded(config.seed, "drops")
-        # Arrival times inside the current sliding second, oldest first.
+        # Arrival times inside the current sliding second, oldest first: the earliest each
+        # request can have reached the socket, and when its handler ran.
         self._arrivals: deque[float] = deque()
+        self._reads: deque[float] = deque()
         self._quiet = not (config.latency or config.jitter or config.error_rate or config.drop_rate)
         self.max_requests_per_second = 0
+        self.max_requests_per_second_as_read = 0
+        self.max_read_lag = 0.0
         self.rate_limited = 0
         self.injected_errors = 0
 
-    def admit(self, *, creates_run: bool = False) -> Verdict:
-        """Count one Flow Service request arriving now and decide its faults."""
+    def admit(self, *, creates_run: bool = False, lag: float = 0.0) -> Verdict:
+        """Count one Flow Service request arriving now and decide its faults.
+
+        ``lag``: how long before now the request can have reached the socket (at most).
+        """
         now = self._clock()
         arrivals = self._arrivals
-        # The window is (now - 1, now]: an arrival exactly one second ago has left it.
+        # The window is (now - 1, now]: an arrival exactly one second ago has left it. An
+        # earlier one counts if it certainly arrived within it: its earliest is in it.
         cutoff = now - 1.0
         while arrivals and arrivals[0] <= cutoff:
             arrivals.popleft()
         # Every arrival counts, rejected ones included: a gateway meters what reaches it,
         # so a client that keeps hammering through 429s stays limited.
         limited = self._rate_limit is not None and len(arrivals) >= self._rate_limit
-        arrivals.append(now)
+        arrivals.append(now - lag)
         self.max_requests_per_second = max(self.max_requests_per_second, len(arrivals))
+        reads = self._reads
+        while reads and reads[0] <= cutoff:
+            reads.popleft()
+        reads.append(now)
+        self.max_requests_per_second_as_read = max(self.max_requests_per_second_as_read, len(reads))
+        self.max_read_lag = max(self.max_read_lag, lag)
         if self._quiet and not limited:
             return CLEAN
         delay = self._draw_delay()
@@ -141,6 +159,9 @@ class FaultModel:
     def reset(self) -> None:
         """Forget the counters and the sliding second (the streams go on)."""
         self._arrivals.clear()
+        self._reads.clear()
         self.max_requests_per_second = 0
+        self.max_requests_per_second_as_read = 0
+        self.max_read_lag = 0.0
         self.rate_limited = 0
         self.injected_errors = 0

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
+import socket
+import threading
 import time
 
 import aiohttp
 import pytest
 
 from backfill.emulator import EmulatorConfig, serve
+from backfill.emulator.arrival import _LookingSelector
 from backfill.emulator.faults import FaultModel
 
 from .conftest import FLOW, HEADERS, HOUR, START, Answer, Api, FakeClock, Start
@@ -78,6 +82,50 @@ async def test_every_flow_service_endpoint_counts_but_ims_and_stats_do_not(start
     answer = await api.create(start=START + HOUR)
     assert answer.status == 429
     assert (await api.stats())["runs"][0]["window_start"] == START  # nothing else created
+
+
+def test_a_request_read_late_is_metered_when_it_arrived() -> None:
+    """The emulator's own lateness (``lag``) is not the client sending requests together."""
+    clock = FakeClock(10.0)
+    late = FaultModel(EmulatorConfig(rate_limit=1), clock)
+    stamped = FaultModel(EmulatorConfig(rate_limit=1), clock)
+
+    # Read at 10.0, but its bytes were there since 9.7 (the loop was stalled).
+    assert not late.admit(lag=0.3).rate_limited
+    assert not stamped.admit().rate_limited
+    clock.advance(0.75)  # 10.75: 1.05 s after it arrived, 0.75 s after it was read
+    assert not late.admit().rate_limited
+    assert stamped.admit().rate_limited
+    assert (late.max_requests_per_second, late.max_requests_per_second_as_read) == (1, 2)
+    assert late.max_read_lag == pytest.approx(0.3)
+
+
+def test_the_looking_selector_bounds_when_bytes_arrived() -> None:
+    """Bytes found by a look after a stall arrived after the look before it, not when read."""
+    selector = _LookingSelector()
+    reader, writer = socket.socketpair()
+    try:
+        selector.register(reader, selectors.EVENT_READ)
+        selector.select(0)  # a look that finds nothing
+        looked = time.monotonic()
+        writer.send(b"x")
+        sent = time.monotonic()
+        time.sleep(0.05)  # the emulator's process is descheduled
+        assert selector.select(0)
+        assert looked - 0.001 <= selector.read_since[reader.fileno()] <= sent
+
+        # A look that waits: what it returns arrived after it began.
+        reader.recv(1)
+        timer = threading.Timer(0.05, writer.send, (b"y",))
+        began = time.monotonic()
+        timer.start()
+        assert selector.select(5)
+        timer.join()
+        assert began <= selector.read_since[reader.fileno()] <= time.monotonic()
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()
 
 
 async def test_rate_limited_requests_do_nothing(start: Start) -> None:

@@ -18,6 +18,8 @@ TOP_LEVEL = {
     "duplicates",
     "requests",
     "max_requests_per_second",
+    "max_requests_per_second_as_read",
+    "max_read_lag_s",
     "rate_limited",
     "injected_errors",
     "dropped",
@@ -86,7 +88,7 @@ async def test_stats_document(start: Start) -> None:
     assert by_endpoint["GET /runs/{id}"] == {"200": 1}
     assert by_endpoint["GET /runs"] == {"403": 1}
     assert stats["requests"]["total"] == 5
-    assert stats["max_requests_per_second"] == 5
+    assert stats["max_requests_per_second"] == stats["max_requests_per_second_as_read"] == 5
     assert stats["max_active_runs"] == {FLOW: 3}
     assert stats["rate_limited"] == stats["injected_errors"] == stats["dropped"] == 0
     assert stats["tokens_issued"] == 0
