@@ -89,7 +89,15 @@ class Control:
         self._board.wake.set()
 
     def backoff(self, exc: RetryableError, retries: int) -> float:
-        """How long this task waits before trying again; 429s and Retry-After pause everyone."""
+        """How long this task waits before trying again; 429s and Retry-After pause everyone.
+
+        A 429 means "you have exceeded the allowed number of requests within a given time
+        period", and Adobe's advice is to retry "after the specified time" of ``Retry-After``
+        "to avoid subsequent 429 errors" (help/hygiene/best-practices.md, "Manage 429
+        errors", in AdobeDocs/experience-platform.en). The limit is the client's, not one
+        request's: any request sent before then counts and would be refused too (the
+        emulator, like a gateway, counts refused ones), so the whole pool pauses.
+        """
         throttled = isinstance(exc, RateLimited)
         if throttled:
             self._stats.rate_limited += 1
