@@ -7,11 +7,12 @@ import contextlib
 import os
 import signal
 import sys
+from asyncio.subprocess import PIPE
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -20,6 +21,9 @@ from backfill.emulator import Emulator, EmulatorConfig, serve
 FLOW_TABLE = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 FLOW_FILE = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"
 ORG = "ABC123DEF456@AdobeOrg"
+
+# ``backfill status --json`` of the checkpoint the helpers below write (ck.jsonl).
+STATUS = ["status", "--checkpoint", "ck.jsonl", "--json"]
 
 # 2024-01-01 .. 2024-01-11 in hours: 240 windows; small enough to be quick, big enough to race.
 START = 1704067200
@@ -61,8 +65,9 @@ def cli_env(emulator: Emulator | None, **extra: str) -> dict[str, str]:
 
 
 async def start_cli(
-    args: Sequence[str], env: Mapping[str, str], cwd: Path
+    args: Sequence[str], env: Mapping[str, str], cwd: Path, *, stdout: int | IO[Any] = PIPE
 ) -> asyncio.subprocess.Process:
+    """``python -m backfill ARGS``; stdout a pipe of ours unless given (a file, a descriptor)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -70,8 +75,8 @@ async def start_cli(
         *args,
         env=dict(env),
         cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=stdout,
+        stderr=PIPE,
     )
 
 
@@ -88,10 +93,30 @@ async def finish(process: asyncio.subprocess.Process, deadline: float = 120.0) -
     return CliResult(process.returncode, out.decode(), err.decode())
 
 
+async def outcome(process: asyncio.subprocess.Process) -> tuple[int, str]:
+    """Exit code and stderr of a CLI whose stdout is not a pipe of ours."""
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
 async def run_cli(
     args: Sequence[str], env: Mapping[str, str], cwd: Path, deadline: float = 120.0
 ) -> CliResult:
     return await finish(await start_cli(args, env, cwd), deadline)
+
+
+def status_counts(stdout: str) -> dict[str, int]:
+    """The window counts of a ``backfill status --json`` document."""
+    counts: dict[str, int] = orjson.loads(stdout)["counts"]
+    return counts
+
+
+async def checkpoint_counts(folder: Path) -> dict[str, int]:
+    """``backfill status`` of ``folder``/ck.jsonl (offline): its window counts."""
+    result = await run_cli(STATUS, cli_env(None), folder)
+    assert result.code == 0, result.stderr
+    return status_counts(result.stdout)
 
 
 async def wait_for_runs(emulator: Emulator, at_least: int, deadline: float = 60.0) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.client import CreatedRun, Page, RunInfo
-from backfill.engine import Engine, EngineOptions, OnFailure, RetryMode
+from backfill.engine import Engine, EngineOptions, ExistingRuns, OnFailure, RetryMode
 from backfill.errors import PermanentError, ServerError, TransportError
 from backfill.journal import Journal
 from backfill.limits import RateLimiter
@@ -191,6 +191,37 @@ async def test_a_flow_that_already_has_runs_never_sends_the_delta_column(
     service._new(TABLE, T0 - 3600, T0, "DOB")  # someone ran this flow before us
     await _engine(journal(plan), service).run()
     assert [c[2] for c in service.created()] == [None, None, None]
+
+
+async def test_the_gate_reads_past_a_first_page_that_holds_only_other_flows_runs(
+    journal: OpenJournal,
+) -> None:
+    """A service that filters after paging: one run a page, another flow's first. The flow has
+    had a run (on page 2), so its delta column is set already and must never be sent."""
+
+    class Unfiltered(FakeService):
+        async def list_runs(
+            self,
+            flow_id: str | None = None,
+            *,
+            ids: Sequence[str] = (),
+            created_since_ms: int | None = None,
+            limit: int = 100,
+            href: str | None = None,
+        ) -> Page:
+            self.calls.append(("list", (flow_id, tuple(ids))))
+            every = sorted(self.runs.values(), key=lambda run: run.flow_id != FILE)
+            at = int(href.rsplit("=", 1)[1]) if href else 0
+            more = f"https://service.test/runs?page={at + 1}" if at + 1 < len(every) else None
+            return Page([every[at].info()], more)
+
+    plan = _plan(_hours(TABLE, 3, "DOB"))
+    service = Unfiltered()
+    service._new(FILE, T0 - 3600, T0, None)
+    service._new(TABLE, T0 - 3600, T0, "DOB")  # someone ran this flow before us
+    await _engine(journal(plan), service, existing_runs=ExistingRuns.IGNORE).run()
+    assert [c[2] for c in service.created()] == [None, None, None]
+    assert [c for c in service.calls if c[0] == "list"][:2] == [("list", (TABLE, ()))] * 2
 
 
 async def test_a_lost_answer_is_adopted_not_sent_again(journal: OpenJournal) -> None:

@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
-
 from .harness import (
     FLOW_FILE,
     FLOW_TABLE,
     START,
     assert_exactly_once,
+    checkpoint_counts,
     cli_env,
     emulator,
     finish,
@@ -32,15 +31,6 @@ from .harness import (
     start_cli,
     wait_for_runs,
 )
-
-
-async def _status(tmp_path: Path) -> dict[str, int]:
-    result = await run_cli(
-        ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), tmp_path
-    )
-    assert result.code == 0, result.stderr
-    counts: dict[str, int] = orjson.loads(result.stdout)["counts"]
-    return counts
 
 
 async def test_kill_9_at_random_moments_thirty_times(tmp_path: Path) -> None:
@@ -73,7 +63,7 @@ async def test_kill_9_at_random_moments_thirty_times(tmp_path: Path) -> None:
     assert_exactly_once(stats, FLOW_TABLE, hourly(START, hours))
     with_delta = [r for r in stats["runs"] if r["delta_column"] is not None]
     assert len(with_delta) == 1
-    counts = await _status(tmp_path)
+    counts = await checkpoint_counts(tmp_path)
     assert counts["submitted"] == hours
 
 
@@ -108,7 +98,7 @@ async def test_sigterm_exits_143_in_grace_and_leaves_nothing_in_doubt(tmp_path: 
         took = time.monotonic() - signalled
         assert stopped.code == 143, stopped.stderr
         assert took < 5
-        counts = await _status(tmp_path)
+        counts = await checkpoint_counts(tmp_path)
         assert counts["submitting"] == 0  # every in-flight answer arrived within the grace
         lists_before = sum(emu.stats()["requests"]["by_endpoint"]["GET /runs"].values())
         resumed = await run_cli(args, env, tmp_path)
@@ -133,7 +123,7 @@ async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
         interrupt(process, signal.SIGTERM)
         stopped = await finish(process)
         assert stopped.code == 143, stopped.stderr
-        assert (await _status(tmp_path))["submitting"] > 0  # answers never arrived
+        assert (await checkpoint_counts(tmp_path))["submitting"] > 0  # answers never arrived
         resumed = await run_cli(args, env, tmp_path)
         stats = emu.stats()
     assert resumed.code == 0, resumed.stderr
@@ -235,7 +225,7 @@ async def test_another_plan_is_refused_with_what_differs_and_extend_adds_windows
         stats = emu.stats()
     assert extended.code == 0, extended.stderr
     assert_exactly_once(stats, FLOW_FILE, hourly(START + 6 * 3600, 3))
-    assert (await _status(tmp_path))["submitted"] == 9
+    assert (await checkpoint_counts(tmp_path))["submitted"] == 9
 
 
 @contextlib.contextmanager
@@ -293,7 +283,7 @@ async def test_a_full_disk_exits_74_and_keeps_every_durable_record(tmp_path: Pat
         full = await finish(process)
         assert full.code == 74, full.stderr
         assert (tmp_path / "ck.jsonl").stat().st_size <= limit
-        counts = await _status(tmp_path)
+        counts = await checkpoint_counts(tmp_path)
         accepted_before = counts["submitted"]
         assert 0 < accepted_before < 200
         resumed = await run_cli(hourly_run(FLOW_FILE, 200, "--rate", "300/s"), env, tmp_path)

@@ -12,13 +12,12 @@ import signal
 import socket
 from pathlib import Path
 
-import orjson
-
 from backfill.emulator import Emulator
 
 from .harness import (
     FLOW_FILE,
     START,
+    STATUS,
     assert_exactly_once,
     cli_env,
     emulator,
@@ -28,6 +27,7 @@ from .harness import (
     interrupt,
     run_cli,
     start_cli,
+    status_counts,
     wait_for_runs,
 )
 
@@ -43,12 +43,6 @@ async def _until_finished(emu: Emulator, deadline: float = 30.0) -> None:
         if loop.time() > give_up:
             raise AssertionError("the emulator's runs never finished")
         await asyncio.sleep(0.01)
-
-
-def _status(result_stdout: str) -> dict[str, int]:
-    document = orjson.loads(result_stdout)
-    counts: dict[str, int] = document["counts"]
-    return counts
 
 
 # ------------------------------------------------------------ 1. token renewal and the rate
@@ -101,13 +95,11 @@ async def test_sigterm_wakes_requests_waiting_for_a_permit_and_leaves_none_in_do
         interrupt(process, signal.SIGTERM)
         # Waiting out the grace (600 s) would blow this deadline.
         stopped = await finish(process, deadline=60.0)
-        status = await run_cli(
-            ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(emu), tmp_path
-        )
+        status = await run_cli(STATUS, cli_env(emu), tmp_path)
         stats = emu.stats()
     assert stopped.code == 143, stopped.stderr
     assert status.code == 0, status.stderr
-    counts = _status(status.stdout)
+    counts = status_counts(status.stdout)
     received = stats["requests"]["by_endpoint"]["POST /runs"]
     assert counts["submitting"] == 0  # in doubt: none (every request sent was answered)
     assert counts["submitted"] == len(stats["runs"]) == sum(received.values())
@@ -125,15 +117,13 @@ async def test_a_retry_after_beyond_the_bound_ends_the_run_with_75_naming_it(
         result = await run_cli(
             hourly_run(FLOW_FILE, 10, "--rate", "20/s"), cli_env(emu), tmp_path, deadline=60.0
         )
-        status = await run_cli(
-            ["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(emu), tmp_path
-        )
+        status = await run_cli(STATUS, cli_env(emu), tmp_path)
         stats = emu.stats()
     assert result.code == 75, result.stderr
     assert "86400" in result.stderr
     assert "--max-retry-after" in result.stderr
     assert stats["rate_limited"] >= 1
-    counts = _status(status.stdout)
+    counts = status_counts(status.stdout)
     assert counts["submitted"] == len(stats["runs"])
     assert counts["submitting"] == 0
 
@@ -308,7 +298,7 @@ async def test_status_refresh_json_prints_only_the_document_on_stdout(tmp_path: 
             tmp_path,
         )
     assert status.code == 0, status.stderr
-    counts = _status(status.stdout)  # the whole of stdout is one JSON document
+    counts = status_counts(status.stdout)  # the whole of stdout is one JSON document
     assert counts["succeeded"] == 6
     assert '"run_finished"' in status.stderr  # the refresh's log lines went to stderr
 

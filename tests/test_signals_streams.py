@@ -17,23 +17,18 @@ from .harness import (
     FLOW_FILE,
     START,
     assert_exactly_once,
+    checkpoint_counts,
     cli_env,
     emulator,
     finish,
     hourly,
     hourly_run,
     interrupt,
+    outcome,
     run_cli,
     start_cli,
     wait_for_runs,
 )
-
-
-async def _status(folder: Path) -> dict[str, int]:
-    result = await run_cli(["status", "--checkpoint", "ck.jsonl", "--json"], cli_env(None), folder)
-    assert result.code == 0, result.stderr
-    counts: dict[str, int] = orjson.loads(result.stdout)["counts"]
-    return counts
 
 
 async def test_sighup_is_a_graceful_stop_with_exit_129_and_the_resume_finishes(
@@ -48,7 +43,7 @@ async def test_sighup_is_a_graceful_stop_with_exit_129_and_the_resume_finishes(
         stopped = await finish(process)
         assert stopped.code == 129, stopped.stderr
         assert "Traceback" not in stopped.stderr
-        counts = await _status(tmp_path)
+        counts = await checkpoint_counts(tmp_path)
         assert counts["submitting"] == 0  # every request in flight got its answer in the grace
         assert 30 <= counts["submitted"] + counts["succeeded"] < 300
         resumed = await run_cli(args, env, tmp_path)
@@ -66,31 +61,20 @@ def test_a_sighup_before_the_run_is_under_way_exits_129() -> None:
     assert info.value.code == 129
 
 
-async def _outcome(process: asyncio.subprocess.Process) -> tuple[int, str]:
-    """Exit code and stderr of a CLI whose stdout is not a pipe of ours."""
-    _, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, err.decode()
-
-
 async def test_run_piped_into_head_exits_with_the_windows_code(tmp_path: Path) -> None:
     read_end, write_end = os.pipe()
     async with emulator() as emu:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "backfill",
-            *hourly_run(FLOW_FILE, 150, "--rate", "100/s", "--progress-interval", "0.1"),
-            env=cli_env(emu),
-            cwd=tmp_path,
+        process = await start_cli(
+            hourly_run(FLOW_FILE, 150, "--rate", "100/s", "--progress-interval", "0.1"),
+            cli_env(emu),
+            tmp_path,
             stdout=write_end,
-            stderr=asyncio.subprocess.PIPE,
         )
         os.close(write_end)
         with os.fdopen(read_end, "rb") as reader:  # `| head -1`: one line, then gone
             first = await asyncio.to_thread(reader.readline)
         assert orjson.loads(first)["event"]
-        code, stderr = await _outcome(process)
+        code, stderr = await outcome(process)
         stats = emu.stats()
     assert code == 0, stderr
     assert "Traceback" not in stderr
@@ -103,17 +87,10 @@ async def test_run_with_stdout_on_a_full_device_exits_with_the_windows_code(
 ) -> None:
     async with emulator() as emu:
         with open("/dev/full", "wb") as full:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "backfill",
-                *hourly_run(FLOW_FILE, 100, "--rate", "100/s"),
-                env=cli_env(emu),
-                cwd=tmp_path,
-                stdout=full,
-                stderr=asyncio.subprocess.PIPE,
+            process = await start_cli(
+                hourly_run(FLOW_FILE, 100, "--rate", "100/s"), cli_env(emu), tmp_path, stdout=full
             )
-            code, stderr = await _outcome(process)
+            code, stderr = await outcome(process)
         stats = emu.stats()
     assert code == 0, stderr
     assert stderr == ""
@@ -123,17 +100,13 @@ async def test_run_with_stdout_on_a_full_device_exits_with_the_windows_code(
 async def test_run_with_failed_windows_and_a_full_stdout_still_exits_1(tmp_path: Path) -> None:
     async with emulator(fail_rate=1.0) as emu:
         with open("/dev/full", "wb") as full:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "backfill",
-                *hourly_run(FLOW_FILE, 5, "--rate", "100/s", "--wait", "--max-attempts", "1"),
-                env=cli_env(emu),
-                cwd=tmp_path,
+            process = await start_cli(
+                hourly_run(FLOW_FILE, 5, "--rate", "100/s", "--wait", "--max-attempts", "1"),
+                cli_env(emu),
+                tmp_path,
                 stdout=full,
-                stderr=asyncio.subprocess.PIPE,
             )
-            code, stderr = await _outcome(process)
+            code, stderr = await outcome(process)
     assert code == 1, stderr
     assert "Traceback" not in stderr
 
@@ -162,7 +135,7 @@ async def test_plan_piped_into_head_is_quiet(tmp_path: Path) -> None:
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         assert orjson.loads(await asyncio.to_thread(reader.readline))["flow_id"] == FLOW_FILE
-    code, stderr = await _outcome(process)
+    code, stderr = await outcome(process)
     assert code == 0, stderr
     assert stderr == ""
 
@@ -186,7 +159,7 @@ async def test_run_with_stdout_closed_keeps_its_logs_out_of_the_checkpoint(
             cwd=tmp_path,
             stderr=asyncio.subprocess.PIPE,
         )
-        code, stderr = await _outcome(process)
+        code, stderr = await outcome(process)
         again = await run_cli(args, cli_env(emu), tmp_path)
         stats = emu.stats()
     assert code == 0, stderr

@@ -102,7 +102,7 @@ class EmulatorApp:
         route = app.router.add_route
         for path in ("/runs", "/runs/"):
             route("POST", PREFIX + path, self._metered("POST /runs", self._create_run, True))
-            route("GET", PREFIX + path, self._metered("GET /runs", self._list_runs))
+            route("GET", PREFIX + path, self._metered("GET /runs", self._list_runs, lists=True))
         route("GET", PREFIX + "/runs/{id}", self._metered("GET /runs/{id}", self._get_run))
         # A re-trigger creates a run (retry-flows.md): its answer can be lost like a POST's.
         retrigger_creates = not self.config.retrigger_same_run
@@ -121,7 +121,7 @@ class EmulatorApp:
         return app
 
     def _metered(
-        self, endpoint: str, handler: Handler, creates_run: bool = False
+        self, endpoint: str, handler: Handler, creates_run: bool = False, *, lists: bool = False
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """Wrap a Flow Service handler in the gateway: faults, then auth, then counting."""
         counts = self.requests.setdefault(endpoint, {})
@@ -134,7 +134,7 @@ class EmulatorApp:
             transport = request.transport
             sock = transport.get_extra_info("socket") if transport is not None else None
             lag = max(0.0, time.monotonic() - arrived_after(sock))
-            verdict = admit(creates_run=creates_run, lag=lag)
+            verdict = admit(creates_run=creates_run, lists=lists, lag=lag)
             if verdict.delay > 0.0:
                 # A real service has the whole request before it takes its time to act: a
                 # client that gives up meanwhile does not undo the run. Read it first.

@@ -311,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of requests answered 500, 502 or 503 before anything is done",
     )
     faults.add_argument(
+        "--list-error-rate",
+        type=float,
+        default=default.list_error_rate,
+        metavar="FRACTION",
+        help="fraction of listings (GET /runs) answered 500, 502 or 503, on top of "
+        "--error-rate: reads that fail while writes work",
+    )
+    faults.add_argument(
         "--latency",
         type=float,
         default=default.latency,
@@ -420,6 +428,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         rate_limit=args.rate_limit,
         retry_after=args.retry_after,
         error_rate=args.error_rate,
+        list_error_rate=args.list_error_rate,
         latency=args.latency,
         jitter=args.jitter,
         drop_rate=args.drop_rate,

@@ -59,6 +59,8 @@ class EmulatorConfig:
     rate_limit: int | None = None
     retry_after: int = 1
     error_rate: float = 0.0
+    # Listings only (GET /runs): a service whose reads fail while its writes work.
+    list_error_rate: float = 0.0
     latency: float = 0.0
     jitter: float = 0.0
     drop_rate: float = 0.0
@@ -113,6 +115,7 @@ class EmulatorConfig:
         for name, value in (
             ("--fail-rate", self.fail_rate),
             ("--error-rate", self.error_rate),
+            ("--list-error-rate", self.list_error_rate),
             ("--drop-rate", self.drop_rate),
             ("--empty-rate", self.empty_rate),
             ("--partial-rate", self.partial_rate),

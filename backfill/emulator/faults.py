@@ -73,25 +73,34 @@ class FaultModel:
         self._latency = config.latency
         self._jitter = config.jitter
         self._error_rate = config.error_rate
+        self._list_error_rate = config.list_error_rate
         self._drop_rate = config.drop_rate
         self._post_codes = config.post_error_codes
         self._latency_rng = seeded(config.seed, "latency")
         self._error_rng = seeded(config.seed, "errors")
+        self._list_error_rng = seeded(config.seed, "list-errors")
         self._drop_rng = seeded(config.seed, "drops")
         # Arrival times inside the current sliding second, oldest first: the earliest each
         # request can have reached the socket, and when its handler ran.
         self._arrivals: deque[float] = deque()
         self._reads: deque[float] = deque()
-        self._quiet = not (config.latency or config.jitter or config.error_rate or config.drop_rate)
+        self._quiet = not (
+            config.latency
+            or config.jitter
+            or config.error_rate
+            or config.list_error_rate
+            or config.drop_rate
+        )
         self.max_requests_per_second = 0
         self.max_requests_per_second_as_read = 0
         self.max_read_lag = 0.0
         self.rate_limited = 0
         self.injected_errors = 0
 
-    def admit(self, *, creates_run: bool = False, lag: float = 0.0) -> Verdict:
+    def admit(self, *, creates_run: bool = False, lists: bool = False, lag: float = 0.0) -> Verdict:
         """Count one Flow Service request arriving now and decide its faults.
 
+        ``lists``: the request is a listing (GET /runs), which ``--list-error-rate`` also fails.
         ``lag``: how long before now the request can have reached the socket (at most).
         """
         now = self._clock()
@@ -124,6 +133,13 @@ class FaultModel:
         if self._error_rate and self._error_rng.random() < self._error_rate:
             injected = self._error_rng.choice(post_codes or INJECTED_STATUSES)
             self.injected_errors += 1
+        elif (
+            lists
+            and self._list_error_rate
+            and self._list_error_rng.random() < self._list_error_rate
+        ):
+            injected = self._list_error_rng.choice(INJECTED_STATUSES)
+            self.injected_errors += 1
         drop = bool(
             creates_run
             and injected is None
@@ -148,6 +164,7 @@ class FaultModel:
             "latency": rng_state(self._latency_rng),
             "errors": rng_state(self._error_rng),
             "drops": rng_state(self._drop_rng),
+            "list-errors": rng_state(self._list_error_rng),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -155,6 +172,7 @@ class FaultModel:
         rng_from_state(self._latency_rng, snapshot.get("latency"))
         rng_from_state(self._error_rng, snapshot.get("errors"))
         rng_from_state(self._drop_rng, snapshot.get("drops"))
+        rng_from_state(self._list_error_rng, snapshot.get("list-errors"))
 
     def reset(self) -> None:
         """Forget the counters and the sliding second (the streams go on)."""

@@ -13,13 +13,13 @@ for the gate's one question to the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
+from backfill.errors import ApiError, RequestNotSent, RetryableError
 from backfill.planner import Order
-from backfill.retry import Retries
 from backfill.state import WindowState
 
 from .board import Board, Flow, Gate, Job
@@ -149,27 +149,19 @@ class Dispatcher:
         shard = self._board.journal.plan.shard
         owner = plan.owner(first.start, shard.count) if first is not None else shard.index
         told = False
-        retries = Retries(self._options.backoff)
         while not control.closed.is_set():
             try:
-                page = await self._lister.page(plan.flow_id, limit=1)
-            except RequestNotSent:
-                return  # stopping
-            except RetryableError as exc:
-                try:
-                    retry = retries.failed(exc)
-                except ApiUnavailable as spent:
-                    control.fail(spent)
-                    return
-                await control.nap(control.backoff(exc, retry))
-                continue
+                has_run = await self._has_run(plan.flow_id)
+            except (RequestNotSent, RetryableError):
+                # Stopping: the lister retries a failing page within the one retry budget and,
+                # once it is spent, stops the run itself (exit 75).
+                return
             except ApiError as exc:
                 control.fail(exc)
                 return
-            retries.succeeded()
             if flow.gate is not Gate.CHECKING and flow.gate is not Gate.WAITING_FOR_SHARD:
                 return  # reconciliation adopted a run meanwhile
-            if page.runs:
+            if has_run:
                 flow.gate = Gate.OPEN
             elif owner == shard.index:
                 flow.gate = Gate.NEEDS_FIRST
@@ -182,3 +174,11 @@ class Dispatcher:
                 continue
             self._board.wake.set()
             return
+
+    async def _has_run(self, flow_id: str) -> bool:
+        """Does the service list any run of the flow? Pages are read until the first one: a
+        page may hold only other flows' runs (a service that filters after paging)."""
+        async with contextlib.aclosing(self._lister.runs(flow_id)) as runs:
+            async for _ in runs:
+                return True
+        return False

@@ -15,7 +15,7 @@ row, 429s not counted); when it is spent the listing fails the engine with ``Api
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import structlog
 from yarl import URL
@@ -65,7 +65,7 @@ class Lister:
 
     async def runs(
         self, flow_id: str, *, ids: Sequence[str] = (), created_since_ms: int | None = None
-    ) -> AsyncIterator[RunInfo]:
+    ) -> AsyncGenerator[RunInfo, None]:
         """Every run of the flow on every page, each once."""
         followed: set[_LinkKey] = set()
         seen: set[str] = set()

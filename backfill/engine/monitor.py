@@ -21,9 +21,8 @@ from collections.abc import Callable
 import structlog
 
 from backfill.client import RunInfo
-from backfill.errors import ApiError, ApiUnavailable, RequestNotSent, RetryableError
+from backfill.errors import ApiError, RequestNotSent, RetryableError
 from backfill.planner import Window
-from backfill.retry import Retries
 from backfill.state import TIMED_OUT, RunStatus, WindowState
 
 from .board import Board, Flow, window_fields
@@ -52,7 +51,6 @@ class Monitor:
         self._control = control
         self._lister = lister
         self._options = options
-        self._retries = Retries(options.backoff)
         self._wall = wall
         self._created: dict[str, float] = {}  # run id -> createdAt (epoch seconds)
         self.unknown_statuses: set[str] = set()
@@ -91,23 +89,13 @@ class Monitor:
                         window = flow.tracked.get(run.run_id)
                         if window is not None:
                             changed |= self.observe(flow, window, run)
-                except RequestNotSent:
-                    return changed  # stopping
-                except RetryableError as exc:
-                    try:
-                        retry = self._retries.failed(exc)
-                    except ApiUnavailable as spent:
-                        control.fail(spent)
-                        return changed
-                    log.warning(
-                        "poll_failed", flow=flow.plan.flow_id, error=str(exc), retries=retry
-                    )
-                    await control.nap(control.backoff(exc, retry))
+                except (RequestNotSent, RetryableError):
+                    # Stopping: the lister retries a failing page within the one retry budget
+                    # and, once it is spent, stops the run itself (exit 75).
                     return changed
                 except ApiError as exc:
                     control.fail(exc)
                     return changed
-        self._retries.succeeded()
         return self._time_out() or changed
 
     def _time_out(self) -> bool:

@@ -10,8 +10,9 @@
     -> runs whose window cannot be read were created since the intent: the window stays in
        doubt with their ids on record, and is never sent again blindly
 
-A window in doubt is never sent again blindly: the service may hold a run for it. Listings
-that keep failing draw on the retry budget (backoff with jitter), then stop the run (exit 75).
+A window in doubt is never sent again blindly: the service may hold a run for it. A listing
+that keeps failing is the lister's to retry, within the one retry budget (backoff with jitter,
+``--max-retries`` in a row), which then stops the run (exit 75); nothing here retries on top.
 The service is the source of truth; the checkpoint is a durable cache of it.
 
 It may touch: the board's doubts, slots and re-runs; the journal (its windows' records and
@@ -35,7 +36,6 @@ from backfill.errors import (
     RetryableError,
 )
 from backfill.planner import Window
-from backfill.retry import Retries
 from backfill.state import RunStatus, WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -92,7 +92,6 @@ class Reconciler:
         self._lister = lister
         self._monitor = monitor
         self._options = options
-        self._retries = Retries(options.backoff)
         self._clock_offset = clock_offset
 
     async def loop(self) -> None:
@@ -130,23 +129,16 @@ class Reconciler:
             for flow_id, jobs in due.items():
                 try:
                     found = await self._list(flow_id, jobs)
-                except (RetryableError, RequestNotSent) as exc:
+                except (RetryableError, RequestNotSent, ApiUnavailable):
+                    # The lister retries a failing page within the one retry budget and, once
+                    # it is spent, stops the run (exit 75): a failure reaches here only when
+                    # the engine is stopping. The doubts stay, on disk too, for the next run.
                     for job in jobs.values():
                         self._keep(job, board.clock() + self._options.reconcile_delay)
-                    if isinstance(exc, RequestNotSent):
-                        continue  # stopping: the doubts stay on disk for the next run
-                    try:
-                        retry = self._retries.failed(exc)
-                    except ApiUnavailable as spent:
-                        control.fail(spent)
-                        continue
-                    log.warning("reconcile_retry", flow=flow_id, error=str(exc), retries=retry)
-                    await control.nap(control.backoff(exc, retry))
                     continue
                 except ApiError as exc:
                     control.fail(exc)
                     return
-                self._retries.succeeded()
                 board.stats.reconciliations += 1
                 for job in jobs.values():
                     job.looks += 1

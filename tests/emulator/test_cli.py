@@ -39,6 +39,7 @@ FLAGS = [
     "--rate-limit",
     "--retry-after",
     "--error-rate",
+    "--list-error-rate",
     "--latency",
     "--jitter",
     "--drop-rate",
@@ -133,6 +134,7 @@ def test_variant_flags_build_the_config() -> None:
     [
         (["--fail-rate", "1.5"], "--fail-rate"),
         (["--error-rate", "-0.1"], "--error-rate"),
+        (["--list-error-rate", "1.5"], "--list-error-rate"),
         (["--drop-rate", "nan"], "--drop-rate"),
         (["--port", "70000"], "--port"),
         (["--rate-limit", "0"], "--rate-limit"),

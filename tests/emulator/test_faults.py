@@ -177,6 +177,26 @@ async def test_error_rate_is_deterministic_for_a_seed(start: Start) -> None:
     assert await outcomes(noisy, 100) == first
 
 
+async def test_list_error_rate_fails_listings_and_only_them(start: Start) -> None:
+    api = await start(list_error_rate=1.0, seed=3)
+    created = [(await api.create(start=START + i * HOUR)).status for i in range(5)]
+    listed = [(await api.call("GET", "/runs")).status for _ in range(30)]
+    assert created == [201] * 5  # writes work
+    assert set(listed) == {500, 502, 503}  # every listing fails, with each injected status
+    stats = await api.stats()
+    assert stats["injected_errors"] == 30
+    assert stats["requests"]["by_endpoint"]["GET /runs"] == {
+        str(code): listed.count(code) for code in set(listed)
+    }
+
+
+async def test_list_error_rate_is_its_own_stream(start: Start) -> None:
+    # Turning listing faults on does not move which POSTs --error-rate fails, for the seed.
+    plain = await outcomes(await start(error_rate=0.2, seed=5), 100)
+    with_lists = await outcomes(await start(error_rate=0.2, list_error_rate=0.5, seed=5), 100)
+    assert with_lists == plain
+
+
 # -- latency -----------------------------------------------------------------------------
 
 
