@@ -53,6 +53,10 @@ def cli_env(emulator: Emulator | None, **extra: str) -> dict[str, str]:
             "BACKFILL_ACCESS_TOKEN": "test-token",
             "BACKFILL_LOG_FORMAT": "json",
             "BACKFILL_RECONCILE_DELAY": "0.05",
+            # A lost answer whose run the emulator does not list is sent again after 3 s, not
+            # the default 60: the emulator lists a run as soon as it exists (a test of
+            # --listing-lag sets a settle period above its lag), so the wait tests nothing more.
+            "BACKFILL_RECONCILE_SETTLE": "3",
             "BACKFILL_POLL_INTERVAL": "0.1",
             "BACKFILL_PROGRESS_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",

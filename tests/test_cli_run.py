@@ -85,6 +85,7 @@ async def test_sigint_mid_run_then_resume_finishes_exactly_once(tmp_path: Path) 
     assert_exactly_once(stats, FLOW_FILE, hourly(START, hours))
 
 
+@pytest.mark.serial
 async def test_the_rate_limit_is_never_exceeded_as_the_emulator_counts(tmp_path: Path) -> None:
     async with emulator(rate_limit=30) as emu:
         args = ["run", *_flow_args(FLOW_FILE, 90, "--rate", "30/s", "--concurrency", "32")]

@@ -40,6 +40,7 @@ def _oauth_env(ims_url: str, base_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.serial
 async def test_tokens_are_renewed_once_per_lifetime_across_several_lifetimes(
     tmp_path: Path,
 ) -> None:

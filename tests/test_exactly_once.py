@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from .harness import (
     FLOW_FILE,
     FLOW_TABLE,
@@ -86,6 +88,7 @@ async def test_lost_answers_and_server_errors_still_give_one_run_per_window(tmp_
     assert summary["resent_after_doubt"] > 0
 
 
+@pytest.mark.serial
 async def test_sigterm_exits_143_in_grace_and_leaves_nothing_in_doubt(tmp_path: Path) -> None:
     async with emulator(latency=0.2) as emu:
         env = cli_env(emu)
@@ -132,6 +135,7 @@ async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 20))
 
 
+@pytest.mark.serial
 async def test_a_second_process_on_the_same_checkpoint_exits_3_at_once(tmp_path: Path) -> None:
     async with emulator(latency=0.05) as emu:
         env = cli_env(emu)

@@ -12,6 +12,8 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
+
 from backfill.emulator import Emulator
 
 from .harness import (
@@ -48,6 +50,7 @@ async def _until_finished(emu: Emulator, deadline: float = 30.0) -> None:
 # ------------------------------------------------------------ 1. token renewal and the rate
 
 
+@pytest.mark.serial
 async def test_expiring_and_revoked_tokens_never_push_the_rate_past_the_limit(
     tmp_path: Path,
 ) -> None:

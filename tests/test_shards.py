@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import orjson
+import pytest
 
 from .harness import (
     FLOW_FILE,
@@ -38,6 +39,7 @@ def _shard_env(emu_env: dict[str, str], index: int) -> dict[str, str]:
     return emu_env | {"JOB_COMPLETION_INDEX": str(index), "BACKFILL_SHARD_COUNT": str(SHARDS)}
 
 
+@pytest.mark.serial
 async def test_four_shards_at_once_submit_every_window_exactly_once_under_the_total_rate(
     tmp_path: Path,
 ) -> None:
