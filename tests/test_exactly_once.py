@@ -115,6 +115,7 @@ async def test_sigterm_exits_143_in_grace_and_leaves_nothing_in_doubt(tmp_path: 
     assert_exactly_once(stats, FLOW_FILE, hourly(START, 400))
 
 
+@pytest.mark.serial  # answers must still be in flight when the 0.3 s grace ends
 async def test_grace_over_abandons_requests_and_the_resume_adopts_their_runs(
     tmp_path: Path,
 ) -> None:
