@@ -26,19 +26,27 @@ a finished run's record counts, ``[input, output, failed]`` and then the file co
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import gc
+import itertools
+import operator
 import os
 import queue
 import socket
+import struct
+import sys
 import threading
 import time
 import uuid
+import zlib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -55,11 +63,12 @@ from .state import MOVES, IllegalTransition, RecordCounts, WindowState, check_tr
 
 __all__ = ["Entry", "Holder", "Journal", "Replay", "holder"]
 
-FORMAT = 1
+FORMAT = 2  # written; format 1 (no "cols" records) is still read
+READS = frozenset((1, 2))
 KIND = "backfill-checkpoint"
 _SHIFT = 33  # window starts are < 2**33 (the planner refuses times past 2100)
-_COMPACT_RATIO = 3
-_COMPACT_SLACK = 10_000
+_COMPACT_SLACK = 10_000  # moves appended since the last compaction before the next is due
+_COLUMN_WINDOWS = 65_536  # windows per "cols" record: bounds the memory one record takes
 _CHUNK = 1 << 20  # bytes of lines parsed at once on replay
 _HEADER_START = b'{"kind":"' + KIND.encode() + b'"'
 
@@ -125,6 +134,8 @@ _RETRIGGER = 8
 _RETRYING = 16
 _ATTEMPT_SHIFT = 5
 _WORD = 8  # bytes of the packed int after a run id
+_LOW_BITS = bytes(i & _STATE_BITS for i in range(256))  # a word's last byte -> its state
+_MAX_RUN_ID = 1024  # bytes of a run id kept in columns (a longer one goes in a "snap" record)
 _LEGAL = frozenset(
     (_STATE_AT[old] << 3) | _STATE_AT[new] for old, targets in MOVES.items() for new in targets
 )
@@ -326,6 +337,8 @@ class Journal:
         self._failure: CheckpointWriteError | None = None
         self.records = 0
         self.syncs = 0
+        self._moves = 0  # lines appended before this process, since the file was written whole
+        self._compacted_at = 0  # self.records when this process last compacted
         self.replay = Replay(0, 0, compacted=False, created=False, extended=False)
 
     # ---------------------------------------------------------------- opening
@@ -454,17 +467,14 @@ class Journal:
             wall=wall,
         )
         journal._index = scan.index
-        journal._counts = scan.index.counts()
+        journal._counts = scan.counts()
         journal._records = scan.index.record_totals()
+        journal._moves = scan.moves
         compacted = False
         if not readonly:
             if extended:
                 journal._write_now(_plan_record(plan, "plan"))
-            if (
-                scan.lines > _COMPACT_RATIO * len(scan.index.windows) + _COMPACT_SLACK
-                and owner is not None
-                and owner.replaceable()
-            ):
+            if journal._due():
                 journal._compact()
                 compacted = True
         journal.replay = Replay(scan.lines, scan.torn_bytes, compacted, False, extended)
@@ -683,10 +693,20 @@ class Journal:
         await waiter
 
     async def close(self) -> None:
-        """Commit what is buffered and release the file and the lock."""
+        """Commit what is buffered, compact if due, and release the file and the lock.
+
+        A compaction that fails here loses nothing (every record is durable in the file it
+        would have replaced): it is logged, and tried again by the next run."""
         try:
             if self._fd is not None and self._failure is None:
                 await self.commit()
+                if self._failure is None and self._due():
+                    try:
+                        self._compact()
+                    except CheckpointWriteError as exc:
+                        log.warning(
+                            "checkpoint_compaction_failed", path=str(self.path), error=str(exc)
+                        )
         finally:
             self._release()
 
@@ -843,8 +863,15 @@ class Journal:
 
     # ---------------------------------------------------------------- compaction
 
+    def _due(self) -> bool:
+        """Whether compaction is due: enough moves appended since the file was written whole,
+        and the file may be replaced (an owner, no hard link to it)."""
+        moves = self._moves + self.records - self._compacted_at
+        return moves > _COMPACT_SLACK and self._owner is not None and self._owner.replaceable()
+
     def _compact(self) -> None:
-        """Rewrite the file as header + one snapshot per window, atomically."""
+        """Rewrite the file as header + columns (+ a snapshot per window with more to say),
+        atomically: written beside it, fsynced, locked, renamed over it, directory fsynced."""
         # Beside the file itself, not a symlink to it: the link keeps leading to the checkpoint.
         target = Path(os.path.realpath(self.path))
         tmp = target.with_name(f".{target.name}.compact")
@@ -862,30 +889,98 @@ class Journal:
             with open(tmp, "wb") as out:
                 os.fchmod(out.fileno(), 0o600)
                 out.write(orjson.dumps(header) + b"\n")
-                index = self._index
-                for key in index.windows:
-                    entry = index.entry(key)
-                    if entry is not None:
-                        out.write(orjson.dumps(_snapshot(key, entry)) + b"\n")
+                for line in _dense_lines(self._index):
+                    out.write(line)
+                    _step("writing")
                 out.flush()
+                _step("written")
                 os.fsync(out.fileno())
+            _step("synced")
             # Locked before it takes the name: no moment when the path names an unlocked file.
             lock = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
             lock_new_file(lock)
+            _step("locked")
             os.replace(tmp, target)
+            _step("replaced")
             _fsync_dir(target.parent)
+            _step("dir-synced")
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if lock is not None:
                 os.close(lock)
             raise CheckpointWriteError(str(self.path), exc) from exc
+        except BaseException:  # a crash (in tests, injected): the process would drop its locks
+            if lock is not None:
+                os.close(lock)
+            raise
         owner.replaced(lock)
         owner.claim(generation, owner.sequence)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = _open_append(self.path)
+        self._moves, self._compacted_at = 0, self.records
         log.info("checkpoint_compacted", path=str(self.path), windows=len(self))
+
+
+def _step(name: str) -> None:
+    """A point between two steps of compaction: tests make a crash happen at each one."""
+
+
+def _dense_lines(index: _Index) -> Iterator[bytes]:
+    """The compacted body: "cols" records, one per flow, run id length and 65,536 windows;
+    then a "snap" record for each window with more than a state, an attempt and a run id."""
+    extra: set[int] = set()
+    for rare in (
+        index.since,
+        index.errors,
+        index.old_runs,
+        index.duplicates,
+        index.candidates,
+        index.records,
+    ):
+        extra.update(rare)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for key, value in index.windows.items():
+        if extra and key in extra:
+            continue
+        if isinstance(value, int):
+            width = 0
+        else:
+            width = len(value) - _WORD
+            if not 0 < width <= _MAX_RUN_ID or not value[:-_WORD].isascii():
+                extra.add(key)  # an empty, long or non-ASCII run id: kept as a snapshot
+                continue
+        group = groups.get((key >> _SHIFT, width))
+        if group is None:
+            group = groups[key >> _SHIFT, width] = []
+        group.append(key)
+    windows = index.windows
+    mask = (1 << _SHIFT) - 1
+    for (flow, width), keys in groups.items():
+        keys.sort()
+        for first in range(0, len(keys), _COLUMN_WINDOWS):
+            chunk = keys[first : first + _COLUMN_WINDOWS]
+            starts = [key & mask for key in chunk]
+            deltas = array("q", [starts[0]])
+            deltas.extend(map(operator.sub, itertools.islice(starts, 1, None), starts))
+            values = [windows[key] for key in chunk]
+            record: dict[str, Any] = {"t": "cols", "f": flow, "w": width, "n": len(chunk)}
+            record["s"] = _pack(deltas.tobytes())
+            if width:
+                runs = cast("list[bytes]", values)
+                record["ids"] = _pack(b"".join([value[:-_WORD] for value in runs]))
+                record["a"] = _pack(b"".join([value[-_WORD:] for value in runs]))
+            else:
+                words = array("Q", cast("list[int]", values))
+                if sys.byteorder == "little":
+                    words.byteswap()
+                record["a"] = _pack(words.tobytes())
+            yield orjson.dumps(record) + b"\n"
+    for key in extra:
+        entry = index.entry(key)
+        if entry is not None:
+            yield orjson.dumps(_snapshot(key, entry)) + b"\n"
 
 
 class _Writer:
@@ -927,9 +1022,24 @@ class _Scan:
         self.plan: Plan
         self.index = _Index()
         self.lines = 0
-        self.snapshots = 0
+        self.snapshots = 0  # "snap" and "cols" lines: what a compaction wrote
         self.good_bytes = 0
         self.torn_bytes = 0
+        # Recorded windows by state position, counted as they move (a window's first record
+        # takes one from position 0): no pass over the index afterwards.
+        self.tally = [0] * len(_STATES)
+
+    @property
+    def moves(self) -> int:
+        """Lines appended since the file was written whole (by creation or compaction)."""
+        return self.lines - 1 - self.snapshots
+
+    def counts(self) -> dict[WindowState, int]:
+        """Recorded windows by state (a window recorded is no longer counted as pending)."""
+        tally = self.tally
+        found = {state: tally[i] for i, state in enumerate(_STATES)}
+        found[WindowState.PENDING] += len(self.index.windows)
+        return found
 
     @property
     def sequence(self) -> int:
@@ -1006,6 +1116,7 @@ class _Scan:
         candidates = index.candidates
         suffix = index.suffix
         apply = index.apply
+        tally = self.tally
         positions = _INDEX_OF
         legal = _LEGAL
         flows = len(self.plan.flows)
@@ -1020,10 +1131,13 @@ class _Scan:
                     key = (flow << _SHIFT) | start
                     old = windows.get(key, 0)
                     new = positions[record["st"]]
-                    if (_state_of(old) << 3) | new not in legal:
+                    was = (old if isinstance(old, int) else old[-1]) & _STATE_BITS
+                    if (was << 3) | new not in legal:
                         raise IllegalTransition(  # noqa: TRY301 - reported with its line below
-                            f"a window cannot go from {_STATES[_state_of(old)]} to {_STATES[new]}"
+                            f"a window cannot go from {_STATES[was]} to {_STATES[new]}"
                         )
+                    tally[was] -= 1
+                    tally[new] += 1
                     # The two records of nearly every window, applied inline (what `apply` does
                     # for them, without a call and its lookups): an intent, then its run id.
                     attempt = record.get("a")
@@ -1066,15 +1180,61 @@ class _Scan:
     def _header(self, record: Any, path: Path) -> None:
         if not isinstance(record, dict) or record.get("kind") != KIND:
             raise ValueError(f"{path} is not a backfill checkpoint (no header on line 1)")
-        if record.get("format") != FORMAT:
+        if record.get("format") not in READS:
             raise ValueError(
-                f"format {record.get('format')!r} is not the one this backfill reads ({FORMAT}); "
-                "use the backfill version that wrote it"
+                f"format {record.get('format')!r} is not one this backfill reads "
+                f"({', '.join(map(str, sorted(READS)))}); use the backfill version that wrote it"
             )
         self.plan = Plan.from_json(record["plan"])
         if self.plan.fingerprint() != record.get("fingerprint"):
             raise ValueError("the header's fingerprint does not match its plan")
         self.header = record
+
+    def _columns(self, record: dict[str, Any]) -> None:
+        """A "cols" record: up to 65,536 windows of one flow, parsed in bulk (see `_columns`)."""
+        if self.header is None or self.header.get("format") == 1:
+            raise ValueError("a cols record in a format-1 checkpoint")
+        flow, width, count = record["f"], record["w"], record["n"]
+        if not (type(flow) is int and 0 <= flow < len(self.plan.flows)):
+            raise ValueError(f"flow {flow} is not in the plan")
+        if not (type(count) is int and 0 < count <= _COLUMN_WINDOWS):
+            raise ValueError(f"a cols record of {count!r} windows")
+        if not (type(width) is int and 0 <= width <= _MAX_RUN_ID):
+            raise ValueError(f"a cols record of run ids {width!r} bytes long")
+        deltas = array("q", _unpack(record["s"], count * 8))
+        words = _unpack(record["a"], count * _WORD)  # the packed words, big-endian
+        if deltas[0] < 0 or (count > 1 and min(itertools.islice(deltas, 1, None)) <= 0):
+            raise ValueError("a cols record's window starts are not increasing")
+        if sum(deltas) >= 1 << _SHIFT:
+            raise ValueError("a cols record's window start is past the year 2100")
+        keys = itertools.islice(itertools.accumulate(deltas, initial=flow << _SHIFT), 1, None)
+        values: Iterable[Value]
+        if width:
+            ids = _unpack(record["ids"], count * width)
+            if not ids.isascii():
+                raise ValueError("a cols record's run ids are not ASCII")
+            first = operator.itemgetter(0)
+            values = map(
+                bytes.__add__,
+                map(first, struct.iter_unpack(f"{width}s", ids)),
+                map(first, struct.iter_unpack(f"{_WORD}s", words)),
+            )
+            self.index.run_flows.add(flow)
+        else:
+            native = array("Q", words)
+            if sys.byteorder == "little":
+                native.byteswap()
+            values = native.tolist()
+        windows = self.index.windows
+        before = len(windows)
+        windows.update(zip(keys, values, strict=True))
+        if len(windows) != before + count:
+            raise ValueError("a cols record holds a window recorded before it")
+        tally = self.tally
+        tally[0] -= count
+        states = words[_WORD - 1 :: _WORD].translate(_LOW_BITS)  # each word's state, in C
+        for position in set(states):
+            tally[position] += states.count(position)
 
     def _other(self, record: dict[str, Any]) -> None:
         """Records other than a window's move: snapshots (compaction) and plan extensions."""
@@ -1085,8 +1245,14 @@ class _Scan:
             if not (0 <= flow < len(self.plan.flows) and type(start) is int):
                 raise ValueError(f"window {flow}/{start} is not in the plan")
             key = (flow << _SHIFT) | start
-            self.index.apply(key, record, _INDEX_OF[record["st"]])
+            new = _INDEX_OF[record["st"]]
+            self.tally[_state_of(self.index.windows.get(key, 0))] -= 1
+            self.tally[new] += 1
+            self.index.apply(key, record, new)
             self.index.note(key, record)
+            self.snapshots += 1
+        elif kind == "cols":
+            self._columns(record)
             self.snapshots += 1
         elif kind == "note":
             flow = record["f"]
@@ -1131,6 +1297,26 @@ def _snapshot(key: int, entry: Entry) -> dict[str, Any]:
     if entry.counts is not None:
         record["rc"] = entry.counts.to_list()
     return record
+
+
+def _pack(data: bytes) -> str:
+    """A column as it is stored: deflated (zlib's fastest level), then base64."""
+    return base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+
+
+def _unpack(value: Any, size: int) -> bytes:
+    """A stored column back, refused unless it is exactly ``size`` bytes once inflated (a
+    damaged or hostile column is found here, and never inflated past its size)."""
+    if type(value) is not str:
+        raise ValueError("a cols column is not text")
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(base64.b64decode(value, validate=True), size + 1)
+    except (binascii.Error, zlib.error) as exc:
+        raise ValueError(f"a cols column does not decode ({exc})") from None
+    if len(data) != size or not inflate.eof or inflate.unused_data:
+        raise ValueError("a cols column does not hold what its record says")
+    return data
 
 
 def _plan_record(plan: Plan, kind: str | None) -> dict[str, Any]:

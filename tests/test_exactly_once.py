@@ -192,7 +192,7 @@ async def test_a_corrupt_middle_line_is_refused_and_never_rewritten(tmp_path: Pa
 async def test_a_checkpoint_of_another_format_version_is_refused(tmp_path: Path) -> None:
     checkpoint = await _recorded(tmp_path, 3)
     lines = checkpoint.read_bytes().splitlines(keepends=True)
-    lines[0] = lines[0].replace(b'"format":1', b'"format":9')
+    lines[0] = lines[0].replace(b'"format":2', b'"format":9')
     checkpoint.write_bytes(b"".join(lines))
     before = checkpoint.read_bytes()
     result = await run_cli(
