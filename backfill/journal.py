@@ -542,6 +542,8 @@ class Journal:
         million finished windows builds entries only for the few it shows.
         """
         wanted = None if states is None else {_STATE_AT[state] for state in states}
+        if states is not None and not any(self._counts[state] for state in states):
+            return  # none in those states: no pass over the index
         index = self._index
         flows = self.plan.flows
         mask = (1 << _SHIFT) - 1
@@ -565,6 +567,13 @@ class Journal:
         A resume walks every planned window; this skips the finished ones at the cost of one
         dict read each, without building an entry or a state.
         """
+        counts = self.counts()
+        if not (
+            counts[WindowState.PENDING]
+            or counts[WindowState.FAILED]
+            or (empty and counts[WindowState.EMPTY])
+        ):
+            return  # nothing left to send: the plan is not walked at all
         get = self._index.windows.get
         flow_index = self._flow_index
         for window in windows:
@@ -572,6 +581,28 @@ class Journal:
             bits = (value if isinstance(value, int) else value[-1]) & _STATE_BITS
             if bits in (0, _FAILED) or (empty and bits == _EMPTY):  # pending (0) or failed
                 yield window
+
+    def flow_counts(self, flow_id: str) -> dict[WindowState, int]:
+        """``counts()`` of one flow (one pass over the index when the plan has several)."""
+        if len(self.plan.flows) == 1:
+            return self.counts()
+        flow = self._flow_index[flow_id]
+        found = Counter(
+            _state_of(value) for key, value in self._index.windows.items() if key >> _SHIFT == flow
+        )
+        counts = {state: found.get(i, 0) for i, state in enumerate(_STATES)}
+        counts[WindowState.PENDING] += self.plan.flows[flow].count(self.plan.shard) - sum(
+            found.values()
+        )
+        return counts
+
+    def recorded(self) -> Counter[str]:
+        """Windows the journal has a record of, by flow id (no window or entry is built)."""
+        flows = self.plan.flows
+        if len(flows) == 1:
+            return Counter({flows[0].flow_id: len(self._index.windows)})
+        found = Counter(map(_SHIFT.__rrshift__, self._index.windows))
+        return Counter({flows[i].flow_id: n for i, n in found.items() if i < len(flows)})
 
     def has_run(self, flow_id: str) -> bool:
         """Whether any window of the flow has a run (its delta column is then set)."""
@@ -1213,12 +1244,14 @@ class _Scan:
             ids = _unpack(record["ids"], count * width)
             if not ids.isascii():
                 raise ValueError("a cols record's run ids are not ASCII")
-            first = operator.itemgetter(0)
-            values = map(
-                bytes.__add__,
-                map(first, struct.iter_unpack(f"{width}s", ids)),
-                map(first, struct.iter_unpack(f"{_WORD}s", words)),
-            )
+            # Interleaved in C (one strided copy per byte column), then cut in one pass.
+            size = width + _WORD
+            blob = bytearray(count * size)
+            for column in range(width):
+                blob[column::size] = ids[column::width]
+            for column in range(_WORD):
+                blob[width + column :: size] = words[column::_WORD]
+            values = map(operator.itemgetter(0), struct.iter_unpack(f"{size}s", blob))
             self.index.run_flows.add(flow)
         else:
             native = array("Q", words)

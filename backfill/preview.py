@@ -161,6 +161,18 @@ def preview(
     )
 
 
+# Windows the service has a run of that did not fail: nothing to send, whatever it holds.
+_SETTLED = frozenset(
+    (
+        WindowState.SUBMITTED,
+        WindowState.RUNNING,
+        WindowState.SUCCEEDED,
+        WindowState.EMPTY,
+        WindowState.PARTIAL,
+    )
+)
+
+
 def _flow_preview(
     journal: Journal,
     flow: FlowPlan,
@@ -177,14 +189,24 @@ def _flow_preview(
     planned = done = at_service = lost = new = retriggers = unchecked = never_seen = 0
     first: Window | None = None
     last: Window | None = None
-    has_run = service_has_run
+    has_run = service_has_run or journal.has_run(flow.flow_id)
+    counts = journal.flow_counts(flow.flow_id)
+    if not existing and not counts[WindowState.PENDING] and not counts[WindowState.FAILED]:
+        # Nothing to send: the counts say it all, and the plan is not walked.
+        windows = ()
+        planned = flow.count(journal.plan.shard)
+        lost = counts[WindowState.SUBMITTING]
+        done = planned - lost
+    state_of = journal.state
     for window in windows:
         planned += 1
-        entry = journal.get(window)
-        if entry is not None and entry.run_id is not None:
-            has_run = True
+        state = state_of(window)  # a dict read: an entry is built only for a failed window
+        if state in _SETTLED:
+            done += 1
+            continue
+        entry = journal.get(window) if state is WindowState.FAILED else None
         runs = existing.get((window.start, window.end)) if existing else None
-        if runs and (entry is None or entry.state is WindowState.PENDING):
+        if runs and state is WindowState.PENDING:
             has_run = True
             if any(run.status is not RunStatus.FAILED for run in runs):
                 at_service += 1  # adopted: a live run ingests it
@@ -196,17 +218,17 @@ def _flow_preview(
                 retriggers += 1
             else:
                 new += 1
-        elif entry is None or entry.state is WindowState.PENDING:
+        elif state is WindowState.PENDING:
             new += 1
             if existing is None:
                 unchecked += 1  # the service's runs of this flow were not looked at
-                never_seen += entry is None
-        elif entry.state is WindowState.FAILED and (retry_failed or entry.attempt < max_attempts):
+                never_seen += journal.get(window) is None
+        elif entry is not None and (retry_failed or entry.attempt < max_attempts):
             if retry_mode is RetryMode.RETRIGGER and entry.run_id is not None:
                 retriggers += 1
             else:
                 new += 1
-        elif entry.state is WindowState.SUBMITTING:
+        elif state is WindowState.SUBMITTING:
             lost += 1
             continue
         else:

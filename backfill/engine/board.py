@@ -142,11 +142,22 @@ class Board:
             )
             for flow in plan.flows
         }
-        for window, entry in self.journal.items():
-            flow = self.flows[window.flow_id]
-            flow.recorded += 1
-            if entry.run_id is not None:
+        journal = self.journal
+        for flow_id, recorded in journal.recorded().items():
+            flow = self.flows[flow_id]
+            flow.recorded = recorded
+            if journal.has_run(flow_id):
                 flow.gate = Gate.OPEN  # the flow has a run: its delta column is set
+        # Only the windows that need something now get an entry (a million finished ones: none).
+        wanted = {WindowState.SUBMITTING}
+        if options.monitoring:
+            wanted.update(state for state in WindowState if state.active)
+        if options.retry_failed:
+            wanted.add(WindowState.FAILED)
+            if options.retry_empty:
+                wanted.add(WindowState.EMPTY)
+        for window, entry in journal.items(wanted):
+            flow = self.flows[window.flow_id]
             state = entry.state
             if state is WindowState.SUBMITTING:
                 job = Job(window, entry.attempt)

@@ -14,8 +14,6 @@ is only read, and no part of the engine that acts is built.
 
 from __future__ import annotations
 
-from collections import Counter
-
 from backfill.client import RunsApi
 from backfill.journal import Journal
 from backfill.limits import Sleep, monotonic, real_sleep
@@ -50,8 +48,8 @@ async def survey(
     control = Control(Board(journal, options, stats, monotonic), permits, options, stats, sleep)
     lister = Lister(client, control, stats, options)
     view = ServiceView(column_set=options.flows_with_delta_column)
-    recorded = Counter(window.flow_id for window, _ in journal.items())
-    with_run = {window.flow_id for window, entry in journal.items() if entry.run_id is not None}
+    recorded = journal.recorded()  # counted in the journal: no window or entry built
+    with_run = {flow.flow_id for flow in journal.plan.flows if journal.has_run(flow.flow_id)}
     shard = journal.plan.shard
     for flow in journal.plan.flows:
         flow_id = flow.flow_id
