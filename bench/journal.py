@@ -5,19 +5,26 @@ a durable ``SUBMITTING`` record and then a durable ``SUBMITTED`` record with its
 (``Journal.open(...)``: group commit), beside the same with ``group_commit=False`` (an fsync
 per record, which exists for this comparison). Replay: a checkpoint of two records per window
 is made with the real ``Journal`` for its header and first window, whose two lines are the
-templates of every other window's lines; ``Journal.open`` of it is then timed in a fresh
-child, whose peak RSS is measured. Every part runs in a child process of its own. The real
-CLI then resumes the same checkpoint: ``backfill run`` with its plan (every window already
-accepted: it replays, walks the plan and exits; pointed at an emulator that is never called)
-and ``backfill status``, each timed from start to exit with its peak RSS.
+templates of every other window's lines (run ids are random-looking UUIDs, so the columns
+compress as real ones do). That is the file a run killed at its end leaves (or an older
+backfill wrote): its replay (``Journal.open``, read-only) is timed in a fresh child, whose
+peak RSS is measured, then its first resume, which replays and compacts it. The compacted
+file is what a run that exits leaves; its replay is timed the same way. Every part runs in
+a child process of its own. The real CLI then resumes the compacted checkpoint: ``backfill
+run`` with its plan (every window already accepted: it replays and exits; pointed at an
+emulator that is never called) and ``backfill status``, each timed from start to exit with
+its peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,7 @@ from bench.common import (
 )
 
 NAME = "journal"
-TITLE = "Journal: 64 concurrent durable writers; replay of a 1,000,000-window checkpoint"
+TITLE = "Journal: 64 concurrent durable writers; resume of a 1,000,000-window checkpoint"
 WRITERS = 64
 MINUTE = 60
 FIRST = 1262304000  # 2010-01-01T00:00:00Z
@@ -59,7 +66,9 @@ def _plan(windows: int) -> Plan:
 
 
 def _run_id(index: int) -> str:
-    return f"{index:08x}-e3a1-4000-8000-00000000be4c"  # the length and shape of a real run id
+    """A run id as the service makes them: a random (version 4) UUID, here from the index."""
+    digest = hashlib.blake2b(index.to_bytes(8, "big"), digest_size=16).digest()
+    return str(uuid.UUID(bytes=digest, version=4))
 
 
 async def write(path: Path, windows: int, group_commit: bool) -> dict[str, float]:
@@ -119,15 +128,24 @@ def build(path: Path, windows: int) -> dict[str, float]:
     return {"bytes": float(path.stat().st_size), "seconds": time.perf_counter() - started}
 
 
-def resume(path: Path, windows: int) -> dict[str, float]:
+def resume(path: Path, windows: int, *, readonly: bool = True) -> dict[str, float]:
+    """``Journal.open`` of the checkpoint: read-only (as ``status``), or as a run's owner,
+    which compacts a file due for it."""
     plan = _plan(windows)
     started = time.perf_counter()
-    journal = Journal.open(path, plan)
+    journal = Journal.open(path, None if readonly else plan, readonly=readonly)
     seconds = time.perf_counter() - started
     submitted = journal.counts()[WindowState.SUBMITTED]
     records = journal.replay.records
+    compacted = journal.replay.compacted
     asyncio.run(journal.close())
-    return {"seconds": seconds, "submitted": float(submitted), "lines": float(records)}
+    return {
+        "seconds": seconds,
+        "submitted": float(submitted),
+        "lines": float(records),
+        "compacted": float(compacted),
+        "bytes": float(path.stat().st_size),
+    }
 
 
 def _cli_resume(settings: Settings, path: Path, windows: int) -> dict[str, dict[str, float]]:
@@ -186,14 +204,43 @@ def run(settings: Settings) -> Result:
             into.append(out)
             path.unlink(missing_ok=True)
     resume_path = settings.work / "journal-resume.jsonl"
-    built, _ = _child(settings, "journal-build", "build", str(resume_path), str(resume_windows))
+    lines_path = settings.work / "journal-resume-lines.jsonl"
+    built, _ = _child(settings, "journal-build", "build", str(lines_path), str(resume_windows))
+    # The file a run killed at its end leaves: replayed read-only (as `status` does) ...
     for rep in range(settings.repetitions):
         out, measured = _child(
-            settings, f"journal-resume-{rep}", "resume", str(resume_path), str(resume_windows)
+            settings, f"journal-resume-{rep}", "resume", str(lines_path), str(resume_windows)
         )
         if int(out["submitted"]) != resume_windows:
             result.notes.append(f"replay found {out['submitted']} submitted windows")
         resumed.append((out, measured.max_rss_mb))
+    # ... and resumed by a run, which replays it and compacts it (on a copy each time).
+    first: list[tuple[dict[str, float], float]] = []
+    for rep in range(settings.repetitions):
+        shutil.copyfile(lines_path, resume_path)
+        sidecar = resume_path.with_name(resume_path.name + ".lock")
+        sidecar.unlink(missing_ok=True)
+        out, measured = _child(
+            settings,
+            f"journal-compact-{rep}",
+            "resume",
+            str(resume_path),
+            str(resume_windows),
+            "--owner",
+        )
+        if not out["compacted"]:
+            result.notes.append("the first resume of the line journal did not compact it")
+        first.append((out, measured.max_rss_mb))
+    lines_path.unlink(missing_ok=True)
+    # The compacted file: what a run that exits leaves.
+    dense: list[tuple[dict[str, float], float]] = []
+    for rep in range(settings.repetitions):
+        out, measured = _child(
+            settings, f"journal-dense-{rep}", "resume", str(resume_path), str(resume_windows)
+        )
+        if int(out["submitted"]) != resume_windows:
+            result.notes.append(f"compacted replay found {out['submitted']} submitted windows")
+        dense.append((out, measured.max_rss_mb))
     clis = [_cli_resume(settings, resume_path, resume_windows) for _ in range(settings.repetitions)]
     resume_path.unlink(missing_ok=True)
     result.details = {
@@ -220,7 +267,7 @@ def run(settings: Settings) -> Result:
     if settings.quick:
         result.notes.append(f"quick: replay of {resume_windows:,} windows; time target scaled")
     result.figure(
-        f"replay of {resume_windows:,} windows (Journal.open)",
+        f"replay of {resume_windows:,} windows, 2 lines each (Journal.open, read-only)",
         "s",
         [out["seconds"] for out, _ in resumed],
         "<=",
@@ -228,7 +275,28 @@ def run(settings: Settings) -> Result:
     )
     result.figure("replay peak RSS", "MB", [rss for _, rss in resumed], "<=", RESUME_RSS_MB)
     result.figure(
-        "bytes per window on disk", "B", [built["bytes"] / resume_windows], note="two records"
+        "bytes per window on disk, 2 lines each",
+        "B",
+        [built["bytes"] / resume_windows],
+        note="what a run killed at its end leaves",
+    )
+    result.figure(
+        "first resume of that file (replay + compaction)",
+        "s",
+        [out["seconds"] for out, _ in first],
+        note=f"peak RSS {max(rss for _, rss in first):.0f} MB",
+    )
+    result.figure(
+        f"replay of {resume_windows:,} compacted windows (Journal.open, read-only)",
+        "s",
+        [out["seconds"] for out, _ in dense],
+    )
+    result.figure("compacted replay peak RSS", "MB", [rss for _, rss in dense])
+    result.figure(
+        "bytes per window on disk, compacted",
+        "B",
+        [dense[0][0]["bytes"] / resume_windows],
+        note="what a run that exits leaves",
     )
     for command in ("run", "status"):
         result.figure(
@@ -255,13 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path)
     parser.add_argument("windows", type=int)
     parser.add_argument("--group-commit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--owner", action="store_true", help="resume: open as a run does")
     args = parser.parse_args(argv)
     if args.what == "write":
         out = asyncio.run(write(args.path, args.windows, args.group_commit))
     elif args.what == "build":
         out = build(args.path, args.windows)
     else:
-        out = resume(args.path, args.windows)
+        out = resume(args.path, args.windows, readonly=not args.owner)
     print(orjson.dumps(out).decode())
     return 0
 
