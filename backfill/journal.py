@@ -1,8 +1,10 @@
 """The checkpoint: an append-only journal of every window's moves, and its only owner.
 
-File format, one JSON object per line:
+File format (2; format 1, the same without "cols" records, is still read), one JSON object
+per line:
 
-    {"kind": "backfill-checkpoint", "format": 1, "fingerprint": ..., "plan": {...}}   header
+    {"kind": "backfill-checkpoint", "format": 2, "fingerprint": ..., "plan": {...}}   header
+    {"t": "cols", "f": 0, "w": 36, "n": 65536, "s": ..., "a": ..., "ids": ...}   compaction
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitting", "a": 1, "ts": 1700000000}
     {"t": "w", "f": 0, "s": 1651584991, "st": "submitted", "a": 1, "id": "<run id>"}
     {"t": "w", "f": 0, "s": 1651584991, "st": "failed", "err": [...], "n": 1}   run failed
@@ -17,8 +19,16 @@ in-memory index at once and written, in order, by one writer thread: ``record`` 
 it is durable, and every task waiting at that moment shares one ``fsync`` (group commit);
 ``record_nowait`` returns at once, and the record is durable with the next commit. A torn
 last line is dropped; a bad line anywhere else stops everything and the file is left exactly
-as it was. Compaction rewrites it
-atomically. Secrets never enter it.
+as it was. Secrets never enter it.
+
+Compaction (at open and at close, once more than 10,000 moves were appended since the file
+was last written whole) rewrites it atomically as header, "cols" records and "snap" records.
+A "cols" record holds up to 65,536 windows of one flow whose run ids have one length (``w``
+bytes, ASCII; 0: no run id) and nothing more than a state, an attempt and flags: ``s`` their
+starts (int64, the first then differences, so they only grow), ``a`` their packed words
+(uint64 big-endian, as in the index below), ``ids`` their run ids end to end; each column
+deflated, then base64. They are read into the index in bulk (C loops, no Python object per
+window but the index's own). Every other window is a "snap" record of its own.
 ``rc`` (optional, added after format 1 was first written; older files simply lack it) holds
 a finished run's record counts, ``[input, output, failed]`` and then the file counts if known.
 """

@@ -307,6 +307,12 @@ def run(settings: Settings) -> Result:
             round(CLI_SECONDS * scale, 3),
         )
         result.figure(
+            f"backfill {command} on {resume_windows:,} windows, CPU",
+            "s",
+            [c[command]["cpu_s"] for c in clis],
+            note="user + system: what a loaded machine does not inflate",
+        )
+        result.figure(
             f"backfill {command} on {resume_windows:,} windows, peak RSS",
             "MB",
             [c[command]["max_rss_mb"] for c in clis],
