@@ -614,6 +614,14 @@ class Journal:
         found = Counter(map(_SHIFT.__rrshift__, self._index.windows))
         return Counter({flows[i].flow_id: n for i, n in found.items() if i < len(flows)})
 
+    def key_of(self, window: Window) -> int:
+        """The window's key in the index: one int, for callers that keep many windows."""
+        return _key(self._flow_index[window.flow_id], window.start)
+
+    def window_of(self, key: int) -> Window | None:
+        """The planned window of a key from ``key_of``."""
+        return self.plan.flows[key >> _SHIFT].window_at(key & ((1 << _SHIFT) - 1))
+
     def has_run(self, flow_id: str) -> bool:
         """Whether any window of the flow has a run (its delta column is then set)."""
         return self._flow_index[flow_id] in self._index.run_flows
