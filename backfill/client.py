@@ -368,7 +368,8 @@ class FlowServiceClient:
         self._tokens = tokens
         self._wall = wall
         self._clock_offset: float | None = None
-        self._headers_for: tuple[str, dict[str, str]] | None = None
+        self._date: tuple[str, float | None] = ("", None)  # the last Date header, parsed
+        self._headers_for: tuple[str, Mapping[str, str]] | None = None
         self._permit = permit
         self.confirmed = False  # the service has answered once like Flow Service
         self.responses: Counter[str] = Counter()  # status code (or "error") -> requests
@@ -518,44 +519,52 @@ class FlowServiceClient:
             return URL(str(self._base) + href, encoded=True)
         return against.join(URL(href, encoded=True))
 
-    async def _headers(self) -> dict[str, str]:
+    async def _headers(self) -> tuple[str, Mapping[str, str]]:
+        """The token and the headers that carry it, built once per token.
+
+        They are built as aiohttp's own ``CIMultiDict``, which the session would otherwise
+        make of a plain dict for every request.
+        """
         token = await self._tokens.token()
         cached = self._headers_for
         if cached is not None and cached[0] == token:
-            return cached[1]
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "x-api-key": self._identity.api_key,
-            "x-gw-ims-org-id": self._identity.org_id,
-            "x-sandbox-name": self._identity.sandbox_name,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
-        self._headers_for = (token, headers)
-        return headers
+            return cached
+        from multidict import CIMultiDict  # noqa: PLC0415 - aiohttp's; loaded with the session
 
-    async def _ready(self, what: str, *, acts: bool) -> dict[str, str]:
-        """The headers (a valid token) and then the rate permit, right before the send.
+        headers = CIMultiDict(
+            {
+                "Authorization": f"Bearer {token}",
+                "x-api-key": self._identity.api_key,
+                "x-gw-ims-org-id": self._identity.org_id,
+                "x-sandbox-name": self._identity.sandbox_name,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
+        )
+        self._headers_for = cached = (token, headers)
+        return cached
+
+    async def _ready(self, what: str, *, acts: bool) -> tuple[str, Mapping[str, str]]:
+        """The token, its headers and then the rate permit, right before the send.
 
         A token renewal never happens between the permit and the send; if the token went stale
         while the request waited for its permit, it is renewed and another permit is taken.
         """
-        headers = await self._headers()
+        ready = await self._headers()
         while True:
             await self._permit(what, acts=acts)
             current = await self._headers()  # returns at once while the token is valid
-            if current is headers:
-                return headers
-            headers = current
+            if current is ready:
+                return ready
+            ready = current
 
     async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
         refused: set[str] = set()  # tokens the service answered 401 to, for this request
         while True:
-            headers = await self._ready(what, acts=method != "GET")
+            token, headers = await self._ready(what, acts=method != "GET")
             status, raw, response_headers = await self._exchange(method, url, what, headers, body)
             if not self.confirmed:
                 self._first_contact(method, what, url, status, raw, response_headers)
-            token = headers["Authorization"].removeprefix("Bearer ")
             if status == 401 and token not in refused and len(refused) < _MAX_RENEWALS:
                 # The token expired (or was revoked) under us: renew it (every worker shares
                 # the renewal) and send again, with a permit of its own. A fresh token refused
@@ -581,27 +590,36 @@ class FlowServiceClient:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
-
         try:
             async with self._session.request(method, url, data=body, headers=headers) as response:
                 raw = await response.read()
-        except aiohttp.ClientConnectorError as exc:
-            self.responses["error"] += 1
-            if not self.confirmed:
-                self._unreachable(what, exc)
-            raise TransportError(f"could not connect: {exc}", request=what, in_doubt=False) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            self.responses["error"] += 1
-            raise TransportError("connect timed out", request=what, in_doubt=False) from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            # The request may have reached the service: a POST is now in doubt.
-            self.responses["error"] += 1
-            reason = str(exc) or type(exc).__name__
-            raise TransportError(f"no answer: {reason}", request=what, in_doubt=True) from exc
+        except Exception as exc:  # what no answer means: below; anything else as it was
+            error = self._no_answer(what, exc)
+            if error is None:
+                raise
+            raise error from exc
         self.responses[str(response.status)] += 1
         self._read_date(response.headers)
         return response.status, raw, response.headers
+
+    def _no_answer(self, what: str, exc: Exception) -> TransportError | None:
+        """The error for a request that got no answer, or None if ``exc`` is not one."""
+        import aiohttp  # noqa: PLC0415 - loaded already by the session; see the top
+
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            self.responses["error"] += 1
+            if not self.confirmed:
+                self._unreachable(what, exc)
+            return TransportError(f"could not connect: {exc}", request=what, in_doubt=False)
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            self.responses["error"] += 1
+            return TransportError("connect timed out", request=what, in_doubt=False)
+        if isinstance(exc, TimeoutError | aiohttp.ClientError | OSError):
+            # The request may have reached the service: a POST is now in doubt.
+            self.responses["error"] += 1
+            reason = str(exc) or type(exc).__name__
+            return TransportError(f"no answer: {reason}", request=what, in_doubt=True)
+        return None
 
     # ------------------------------------------------------------ first contact
 
@@ -669,13 +687,23 @@ class FlowServiceClient:
         value = headers.get("Date")
         if not value:
             return
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return
-        if moment.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
-            moment = moment.replace(tzinfo=UTC)
-        self._clock_offset = moment.timestamp() - self._wall()
+        seen, when = self._date
+        if value != seen:  # whole seconds: most answers repeat the one before's; parsed once
+            when = _http_date(value)
+            self._date = (value, when)
+        if when is not None:
+            self._clock_offset = when - self._wall()
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP-date as unix seconds, or None if it is not one."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110: an HTTP-date is always GMT
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _same_origin(url: URL, origin: URL) -> bool:

@@ -79,6 +79,9 @@ KIND = "backfill-checkpoint"
 _SHIFT = 33  # window starts are < 2**33 (the planner refuses times past 2100)
 _COMPACT_SLACK = 10_000  # moves appended since the last compaction before the next is due
 _COLUMN_WINDOWS = 65_536  # windows per "cols" record: bounds the memory one record takes
+# A record made without waiting (``record_nowait``) is written by the next commit, or at the
+# latest this many seconds after it was made.
+_LAZY_FLUSH = 1.0
 _CHUNK = 1 << 20  # bytes of lines parsed at once on replay
 _HEADER_START = b'{"kind":"' + KIND.encode() + b'"'
 
@@ -135,6 +138,8 @@ class Entry:
 # dict slot, its key and one small object: about 160 bytes with a run id of 36 characters.
 _STATES = tuple(WindowState)
 _STATE_AT = {state: i for i, state in enumerate(_STATES)}
+_VALUES = tuple(state.value for state in _STATES)
+_PENDING_STATE = WindowState.PENDING
 _INDEX_OF = {state.value: i for i, state in enumerate(_STATES)}
 _SUBMITTING = _STATE_AT[WindowState.SUBMITTING]
 _FAILED = _STATE_AT[WindowState.FAILED]
@@ -247,6 +252,49 @@ class _Index:
             run = given
         self.windows[key] = word if run is None else run + self.suffix(word)
 
+    def move(
+        self,
+        key: int,
+        new: int,
+        attempt: int | None,
+        run_id: str | None,
+        since: float | None,
+        retrigger: bool,
+    ) -> None:
+        """``apply`` of a record that has no ``n``, ``rc``, ``err`` or ``old``: the write
+        path's common moves (an intent, an accepted run), without a dict to read them from."""
+        value = self.windows.get(key, 0)
+        if isinstance(value, int):
+            before, run = value, None
+        else:
+            before, run = int.from_bytes(value[-_WORD:]), value[:-_WORD]
+        if attempt is None:
+            attempt = before >> _ATTEMPT_SHIFT
+        if attempt >= 1 << 59:
+            raise ValueError(f"attempt {attempt} is not a number of attempts")
+        word = (attempt << _ATTEMPT_SHIFT) | new | (before & _RETRYING)
+        if self.candidates:  # a move settles the doubt they kept open
+            self.candidates.pop(key, None)
+        if new == _SUBMITTING:
+            if since is not None:
+                self.since[key] = since
+            if retrigger:
+                word |= _RETRIGGER
+            if self.records:
+                self.records.pop(key, None)  # a new attempt: the earlier run's counts are not its
+        elif self.since:
+            self.since.pop(key, None)
+        if new != _FAILED and self.errors:
+            self.errors.pop(key, None)
+        if run_id is not None:
+            given = run_id.encode()
+            if run is not None and run != given:
+                self.old_runs[key] = (*self.old_runs.get(key, ()), run.decode())
+            elif run is None:
+                self.run_flows.add(key >> _SHIFT)
+            run = given
+        self.windows[key] = word if run is None else run + self.suffix(word)
+
     def note(self, key: int, record: dict[str, Any]) -> None:
         """A note's effect: what the service showed of the window, beside its state."""
         duplicates = record.get("dup")
@@ -342,6 +390,7 @@ class Journal:
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False  # a flush is due on the loop (call_soon)
+        self._lazy = False  # a lazy flush is due (call_later): records wait without a waiter
         self._writing = False  # a batch is with the writer thread
         self._writer: _Writer | None = None
         self._failure: CheckpointWriteError | None = None
@@ -788,15 +837,20 @@ class Journal:
         if self._fd is None:
             raise RuntimeError("the checkpoint is open read-only or closed")
         flow = self._flow_index[window.flow_id]
-        key = _key(flow, window.start)
-        value = self._index.windows.get(key)
-        before = _STATES[_state_of(value)] if value is not None else WindowState.PENDING
-        check_transition(before, state)
+        start = window.start
+        key = (flow << _SHIFT) | start
+        index = self._index
+        value = index.windows.get(key)
+        new = _STATE_AT[state]
+        old = 0 if value is None else _state_of(value)
+        if (old << 3) | new not in _LEGAL:
+            check_transition(_STATES[old], state)  # raises: say which move, in words
+        tally = self._counts
         if value is None:
-            self._counts[WindowState.PENDING] += 1
-        self._counts[before] -= 1
-        self._counts[state] += 1
-        record: dict[str, Any] = {"t": "w", "f": flow, "s": window.start, "st": state.value}
+            tally[_PENDING_STATE] += 1
+        tally[_STATES[old]] -= 1
+        tally[state] += 1
+        record: dict[str, Any] = {"t": "w", "f": flow, "s": start, "st": _VALUES[new]}
         if attempt is not None:
             record["a"] = attempt
         if run_id is not None:
@@ -807,13 +861,17 @@ class Journal:
             record["n"] = int(retrying)
         if counts is not None:
             record["rc"] = counts.to_list()
-        if state is WindowState.SUBMITTING:
-            record["ts"] = round(self._wall(), 3)
+        since = None
+        if new == _SUBMITTING:
+            record["ts"] = since = round(self._wall(), 3)
             if mode:
                 record["m"] = mode
-        held = self._index.records
+        held = index.records
         earlier = held.get(key) if held else None
-        self._index.apply(key, record, _STATE_AT[state])
+        if errors or retrying is not None or counts is not None:
+            index.apply(key, record, new)
+        else:  # the common moves: the same effect, read from the arguments
+            index.move(key, new, attempt, run_id, since, mode == "re-trigger")
         later = held.get(key) if held else None
         if later is not earlier:
             if earlier is not None:
@@ -822,12 +880,24 @@ class Journal:
                 self._add_records(later, 1)
         self._buffer.append(orjson.dumps(record) + b"\n")
         self.records += 1
-        waiter: asyncio.Future[None] | None = None
-        if durable:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+        if not durable:
+            # Rides the next commit (the next durable record's), or the lazy flush at the
+            # latest: no write, fsync and wake-up of its own.
+            if not self._lazy:
+                self._lazy = True
+                asyncio.get_running_loop().call_later(_LAZY_FLUSH, self._flush_lazily)
+            return None
+        # A future of its own (one shared by a batch would be cancelled with any task waiting).
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         self._kick()
         return waiter
+
+    def _flush_lazily(self) -> None:
+        """Records made without waiting, and no commit since: write them now."""
+        self._lazy = False
+        if self._buffer and self._fd is not None and self._failure is None:
+            self._kick()
 
     def _kick(self) -> None:
         if not self._scheduled and not self._writing:

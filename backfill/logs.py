@@ -99,11 +99,21 @@ scrubber = SecretScrubber()
 register_secret = scrubber.register
 
 _json = False
+_threshold = logging.DEBUG  # the least level written; everything until ``configure`` says
 
 
 def json_mode() -> bool:
     """Whether output is JSON lines (set by ``configure``)."""
     return _json
+
+
+def debug_enabled() -> bool:
+    """Whether debug events are written: a hot path skips building one that would not be.
+
+    (Each call of a structlog logger binds a new logger first, filtered or not: a few
+    microseconds a window for an event nobody reads.)
+    """
+    return _threshold <= logging.DEBUG
 
 
 def _dumps(obj: Any, default: Any = None) -> str:
@@ -121,13 +131,14 @@ def configure(
     JSON lines go to stdout (one event per line, what container log collectors read);
     console output goes to stderr so stdout stays clean for command output.
     """
-    global _json  # noqa: PLW0603 - one process-wide logging mode, set once by the CLI
+    global _json, _threshold  # noqa: PLW0603 - one process-wide logging mode, set by the CLI
     _json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    _threshold = _LEVELS.get(level, logging.INFO)
     renderer: Processor
     if _json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
@@ -155,7 +166,7 @@ def configure(
 
     structlog.configure(
         processors=[*shared, scrubber, _drop_empty, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(_threshold),
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )

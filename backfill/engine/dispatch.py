@@ -1,9 +1,9 @@
 """Dispatch: which window goes next, under the concurrency, active-run and delta-column limits.
 
-The dispatcher is the only task that waits for new work: it takes a concurrency slot, picks
-the next ready window (re-runs first, then windows from the flows' streams, oldest or newest
-first) and only then starts a worker, so at most ``concurrency`` windows are ever in hand and
-memory stays flat however long the plan is. A flow with a delta column sends its first run
+``concurrency`` long-lived workers wait for new work: each picks the next ready window
+(re-runs first, then windows from the flows' streams, oldest or newest first), sends it and
+picks again, so at most ``concurrency`` windows are ever in hand and memory stays flat however
+long the plan is. A flow with a delta column sends its first run
 alone (its gate); its other windows wait until that run is accepted.
 
 It may touch: the board's flows, counters and ``wake``; the journal (read only); the lister
@@ -44,27 +44,34 @@ class Dispatcher:
         self._control = control
         self._lister = lister
         self._options = options
-        self._slots = asyncio.Semaphore(options.concurrency)
 
     async def run(self, group: asyncio.TaskGroup, work: Worker) -> None:
-        """Start a worker per ready window until nothing is left (or the engine stops)."""
+        """Run ``concurrency`` workers until nothing is left (or the engine stops).
+
+        Each worker takes the next ready window, sends it, and takes another: no task, no
+        semaphore and no hand-over per window (a task per window cost the event loop two more
+        callbacks a window). Every worker picks through the same ``_pick``, one at a time, so
+        the order and the limits are those of a single dispatcher.
+        """
+        others = [
+            group.create_task(self._worker(work)) for _ in range(self._options.concurrency - 1)
+        ]
+        await self._worker(work)
+        if others:
+            await asyncio.wait(others)
+
+    async def _worker(self, work: Worker) -> None:
         board = self._board
         while True:
-            await self._slots.acquire()
             job = await self._next_job()
             if job is None:
-                self._slots.release()
                 return
             board.in_flight += 1
-            group.create_task(self._worker(work, job))
-
-    async def _worker(self, work: Worker, job: Job) -> None:
-        try:
-            await work(job)
-        finally:
-            self._board.in_flight -= 1
-            self._slots.release()
-            self._board.wake.set()
+            try:
+                await work(job)
+            finally:
+                board.in_flight -= 1
+                board.wake.set()
 
     async def _next_job(self) -> Job | None:
         board, control = self._board, self._control

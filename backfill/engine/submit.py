@@ -27,6 +27,7 @@ from backfill.errors import (
     RequestNotSent,
     RetryableError,
 )
+from backfill.logs import debug_enabled
 from backfill.state import WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -138,13 +139,14 @@ class Submitter:
         journal.record_nowait(
             window, WindowState.SUBMITTED, attempt=job.attempt, run_id=created.run_id
         )
-        log.debug(
-            "run_submitted",
-            **window_fields(window),
-            attempt=job.attempt,
-            run_id=created.run_id,
-            delta_column=job.first,
-        )
+        if debug_enabled():
+            log.debug(
+                "run_submitted",
+                **window_fields(window),
+                attempt=job.attempt,
+                run_id=created.run_id,
+                delta_column=job.first,
+            )
         board.stats.submitted += 1
         if job.mode is RetryMode.RETRIGGER:
             board.stats.retried_runs += 1
