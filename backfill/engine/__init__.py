@@ -1,9 +1,9 @@
-"""The engine: a dispatcher, a worker per request, reconciliation and the run monitor.
+"""The engine: long-lived workers, reconciliation and the run monitor.
 
     Engine (core) -- builds the parts around one Board (shared state) and one Control
        |             (lifecycle, naps, backoff), and runs them in one TaskGroup
        v
-    dispatch  --(concurrency slot, flow ready)--> submit (one worker per request)
+    dispatch  --(one of `concurrency` workers, flow ready)--> submit (one request at a time)
     submit:     journal "submitting" (durable) -> rate permit -> POST /runs
                 -> journal "submitted" (durable with the next commit); answer lost / 5xx
                 -> in doubt -> reconcile
