@@ -519,16 +519,15 @@ class FlowServiceClient:
             return URL(str(self._base) + href, encoded=True)
         return against.join(URL(href, encoded=True))
 
-    async def _headers(self) -> tuple[str, Mapping[str, str]]:
-        """The token and the headers that carry it, built once per token.
+    def _headers(self, token: str) -> Mapping[str, str]:
+        """The headers that carry ``token``, built once per token.
 
         They are built as aiohttp's own ``CIMultiDict``, which the session would otherwise
         make of a plain dict for every request.
         """
-        token = await self._tokens.token()
         cached = self._headers_for
         if cached is not None and cached[0] == token:
-            return cached
+            return cached[1]
         from multidict import CIMultiDict  # noqa: PLC0415 - aiohttp's; loaded with the session
 
         headers = CIMultiDict(
@@ -541,27 +540,29 @@ class FlowServiceClient:
                 "Accept": "application/json",
             }
         )
-        self._headers_for = cached = (token, headers)
-        return cached
+        self._headers_for = (token, headers)
+        return headers
 
-    async def _ready(self, what: str, *, acts: bool) -> tuple[str, Mapping[str, str]]:
-        """The token, its headers and then the rate permit, right before the send.
+    async def _ready(self, what: str, *, acts: bool) -> str:
+        """A valid token, and then the rate permit, right before the send.
 
         A token renewal never happens between the permit and the send; if the token went stale
         while the request waited for its permit, it is renewed and another permit is taken.
         """
-        ready = await self._headers()
+        tokens = self._tokens
+        token = await tokens.token()
         while True:
             await self._permit(what, acts=acts)
-            current = await self._headers()  # returns at once while the token is valid
-            if current is ready:
-                return ready
-            ready = current
+            current = await tokens.token()  # returns at once while the token is valid
+            if current == token:
+                return token
+            token = current
 
     async def _send(self, method: str, url: URL, what: str, *, body: bytes | None = None) -> Any:
         refused: set[str] = set()  # tokens the service answered 401 to, for this request
         while True:
-            token, headers = await self._ready(what, acts=method != "GET")
+            token = await self._ready(what, acts=method != "GET")
+            headers = self._headers(token)
             status, raw, response_headers = await self._exchange(method, url, what, headers, body)
             if not self.confirmed:
                 self._first_contact(method, what, url, status, raw, response_headers)

@@ -419,3 +419,25 @@ async def test_retry_empty_re_triggers_runs_that_ingested_nothing(
     assert _states(ledger, plan) == [WindowState.SUCCEEDED] * 2
     assert len([c for c in service.calls if c[0] == "retrigger"]) == 2
     assert ledger.record_totals() == {"input": 10, "output": 10, "failed": 0}
+
+
+async def test_workers_keep_at_most_concurrency_in_flight_and_send_each_window_once_in_order(
+    journal: OpenJournal,
+) -> None:
+    """Long-lived workers (issue 19) keep a single dispatcher's promises: never more than
+    ``concurrency`` requests out, every window once, picked oldest first."""
+    plan = _plan(_hours(FILE, 11))
+    ledger = journal(plan)
+    service = FakeService(gate=asyncio.Event())
+    engine = _engine(ledger, service, concurrency=4)
+    task = asyncio.ensure_future(engine.run())
+    await service.sent(4)
+    for _ in range(20):  # whatever else runs meanwhile, a fifth request never goes out
+        await asyncio.sleep(0)
+    assert len(service.created()) == 4
+    service.gate.set()  # type: ignore[union-attr]
+    outcome = await task
+    assert outcome.stopped is None
+    starts = [c[1] for c in service.created()]
+    assert starts == [T0 + 3600 * i for i in range(11)]
+    assert _states(ledger, plan) == [WindowState.SUBMITTED] * 11

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from backfill import journal as journal_module
 from backfill.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -27,7 +28,13 @@ from backfill.errors import (
 )
 from backfill.journal import Entry, Journal
 from backfill.planner import FlowPlan, Plan, Window
-from backfill.state import IllegalTransition, RecordCounts, WindowState, check_transition
+from backfill.state import (
+    MOVES,
+    IllegalTransition,
+    RecordCounts,
+    WindowState,
+    check_transition,
+)
 
 FLOW = "3abea21c-7e36-4be1-bec1-d3bad0e3e0de"
 OTHER = "9c0c3e35-1d2b-4d39-9a8e-6b1f2a7c4d10"
@@ -1295,3 +1302,87 @@ def test_empty_may_be_run_again_and_partial_is_final() -> None:
         check_transition(state, S.PARTIAL)
     with pytest.raises(IllegalTransition):
         check_transition(S.PARTIAL, S.SUBMITTING)
+
+
+# ------------------------------------------------- records made without waiting (issue 19)
+
+
+async def test_a_record_made_without_waiting_rides_the_next_commit(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.open(path, make_plan())
+    spy = FsyncSpy(monkeypatch, path)
+    try:
+        await journal.record(window(0), S.SUBMITTING, attempt=1)
+        journal.record_nowait(window(0), S.SUBMITTED, attempt=1, run_id="run-0")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert spy.events == ["write", "fsync"], "no write, fsync or wake-up of its own"
+
+        await journal.record(window(1), S.SUBMITTING, attempt=1)  # the next intent
+        assert spy.events == ["write", "fsync"] * 2
+        assert [(r["s"], r["st"]) for r in lines(path)[1:]] == [
+            (window(0).start, "submitting"),
+            (window(0).start, "submitted"),
+            (window(1).start, "submitting"),
+        ]
+    finally:
+        await journal.close()
+
+
+async def test_a_record_made_without_waiting_is_written_by_the_lazy_flush(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "_LAZY_FLUSH", 0.0)
+    journal = Journal.open(path, make_plan())
+    try:
+        journal.record_nowait(window(0), S.SUBMITTING, attempt=1)
+        for _ in range(2000):  # no commit comes: the flush does, on its own
+            if journal.syncs:
+                break
+            await asyncio.sleep(0.005)
+        assert journal.syncs == 1
+        assert [r["st"] for r in lines(path)[1:]] == ["submitting"]
+    finally:
+        await journal.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_the_moves_written_are_the_moves_replayed(path: Path, seed: int) -> None:
+    """The write path applies its common moves without a dict (``_Index.move``); reopening
+    replays the same lines through ``_Index.apply``: both must know exactly the same."""
+    rng = random.Random(seed)
+    plan = make_plan(12)
+    journal = Journal.open(path, plan)
+    errors = [{"code": "CONNECTOR-2001", "message": "source unreachable"}]
+    attempts: dict[Window, int] = {}
+    for _ in range(300):
+        w = window(rng.randrange(12))
+        targets = sorted(MOVES[journal.state(w)], key=lambda s: s.value)
+        if not targets:
+            continue  # a window that has finished for good
+        new = rng.choice(targets)
+        kwargs: dict[str, Any] = {}
+        if new is S.SUBMITTING:
+            attempts[w] = attempts.get(w, 0) + 1
+            kwargs = {"attempt": attempts[w], "mode": rng.choice([None, "re-trigger", "new-run"])}
+        elif new is S.SUBMITTED:
+            kwargs = {"attempt": attempts.get(w, 1), "run_id": f"run-{rng.randrange(6)}"}
+        elif new is S.FAILED:
+            kwargs = {"errors": errors, "retrying": rng.random() < 0.5}
+        elif new.finished and rng.random() < 0.5:
+            kwargs = {"counts": RecordCounts(rng.randrange(9), rng.randrange(9), 0)}
+        elif new is S.PENDING:
+            kwargs = {"attempt": max(0, attempts.get(w, 0) - 1)}
+        if rng.random() < 0.5:
+            journal.record_nowait(w, new, **kwargs)
+        else:
+            await journal.record(w, new, **kwargs)
+    live = snapshot(journal), journal.counts(), journal.record_totals()
+    await journal.close()
+
+    reopened = Journal.open(path, plan)
+    try:
+        assert (snapshot(reopened), reopened.counts(), reopened.record_totals()) == live
+    finally:
+        await reopened.close()
