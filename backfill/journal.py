@@ -17,7 +17,8 @@ per line:
 (1: it waits for its next attempt; 0: failed for good). Every record is applied to the
 in-memory index at once and written, in order, by one writer thread: ``record`` returns once
 it is durable, and every task waiting at that moment shares one ``fsync`` (group commit);
-``record_nowait`` returns at once, and the record is durable with the next commit. A torn
+``record_nowait`` returns at once and starts no write of its own: the record is durable with
+the next commit, or with the lazy flush that follows it within ``_LAZY_FLUSH`` seconds. A torn
 last line is dropped; a bad line anywhere else stops everything and the file is left exactly
 as it was. Secrets never enter it.
 

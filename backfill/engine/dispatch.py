@@ -61,11 +61,14 @@ class Dispatcher:
             await asyncio.wait(others)
 
     async def _worker(self, work: Worker) -> None:
-        board = self._board
+        board, control = self._board, self._control
         while True:
-            job = await self._next_job()
+            # A window ready now is taken without a coroutine; otherwise wait for one.
+            job = self._pick() if control.stopping is None and control.draining is None else None
             if job is None:
-                return
+                job = await self._next_job()
+                if job is None:
+                    return
             board.in_flight += 1
             try:
                 await work(job)
