@@ -520,6 +520,7 @@ def _dispatch(
             dry_run_command(
                 settings,
                 retry_failed=command == "retry" or bool(namespace.get("retry_failed")),
+                retry_empty=bool(namespace.get("empty")),
                 from_checkpoint=command == "retry",
                 as_json=bool(namespace.get("json")),
             )

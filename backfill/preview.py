@@ -133,6 +133,7 @@ def preview(
     max_attempts: int,
     retry_failed: bool,
     retry_mode: RetryMode,
+    retry_empty: bool = False,
     service: ServiceView | None = None,
 ) -> Preview:
     """What a run with these options would send, flow by flow, in the order it sends them.
@@ -152,6 +153,7 @@ def preview(
                 max_attempts=max_attempts,
                 retry_failed=retry_failed,
                 retry_mode=retry_mode,
+                retry_empty=retry_empty,
                 service_has_run=service.has_run.get(flow.flow_id, False),
                 existing=service.runs.get(flow.flow_id),
                 column_at_service=flow.flow_id in service.column_set,
@@ -182,6 +184,7 @@ def _flow_preview(
     max_attempts: int,
     retry_failed: bool,
     retry_mode: RetryMode,
+    retry_empty: bool,
     service_has_run: bool,
     existing: dict[tuple[int, int], list[RunInfo]] | None,
     column_at_service: bool = False,
@@ -191,7 +194,11 @@ def _flow_preview(
     last: Window | None = None
     has_run = service_has_run or journal.has_run(flow.flow_id)
     counts = journal.flow_counts(flow.flow_id)
-    if not existing and not counts[WindowState.PENDING] and not counts[WindowState.FAILED]:
+    # --retry-empty (`retry --empty`): a run that ingested nothing is run again, like a failed one.
+    rerun = {WindowState.FAILED, WindowState.EMPTY} if retry_empty else {WindowState.FAILED}
+    settled = _SETTLED - rerun
+    waiting = counts[WindowState.PENDING] + sum(counts[again] for again in rerun)
+    if not existing and not waiting:
         # Nothing to send: the counts say it all, and the plan is not walked.
         windows = ()
         planned = flow.count(journal.plan.shard)
@@ -201,10 +208,10 @@ def _flow_preview(
     for window in windows:
         planned += 1
         state = state_of(window)  # a dict read: an entry is built only for a failed window
-        if state in _SETTLED:
+        if state in settled:
             done += 1
             continue
-        entry = journal.get(window) if state is WindowState.FAILED else None
+        entry = journal.get(window) if state in rerun else None
         runs = existing.get((window.start, window.end)) if existing else None
         if runs and state is WindowState.PENDING:
             has_run = True

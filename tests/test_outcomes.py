@@ -177,6 +177,19 @@ async def test_retry_empty_from_a_checkpoint(tmp_path: Path) -> None:
             ["retry", "--checkpoint", "ck.jsonl", "--wait"], cli_env(emu), tmp_path
         )
         assert emu.stats()["requests"]["total"] == before["requests"]["total"]
+        # The dry runs count what each would send, and send nothing.
+        looks = [
+            await run_cli(
+                ["retry", "--checkpoint", "ck.jsonl", *extra, "--dry-run", "--json"],
+                cli_env(emu),
+                tmp_path,
+            )
+            for extra in ([], ["--empty"])
+        ]
+        posts_before = before["requests"]["by_endpoint"].get("POST /runs/{id}/action", {})
+        assert emu.stats()["requests"]["by_endpoint"].get("POST /runs/{id}/action", {}) == (
+            posts_before
+        )
         again = await run_cli(
             ["retry", "--checkpoint", "ck.jsonl", "--empty", "--wait", "--max-attempts", "1"],
             cli_env(emu),
@@ -185,6 +198,9 @@ async def test_retry_empty_from_a_checkpoint(tmp_path: Path) -> None:
         stats = emu.stats()
     assert (first.code, plain.code, again.code) == (0, 0, 0), again.stderr
     assert empty
+    assert [look.code for look in looks] == [0, 0], looks[1].stderr
+    counted = [orjson.loads(look.stdout)["totals"] for look in looks]
+    assert [(c["to_send"], c["retriggers"]) for c in counted] == [(0, 0), (len(empty),) * 2]
     attempts = _attempts_per_window(stats)
     assert {window for window, n in attempts.items() if n > 1} == empty
     assert stats["requests"]["by_endpoint"]["POST /runs/{id}/action"] == {"200": len(empty)}

@@ -45,6 +45,7 @@ async def dry_run_command(
     settings: Settings,
     *,
     retry_failed: bool = False,
+    retry_empty: bool = False,
     from_checkpoint: bool = False,
     as_json: bool = False,
     out: Any = None,
@@ -67,7 +68,9 @@ async def dry_run_command(
         if held is not None:
             raise CheckpointLocked(str(path), held.pid, held.host)
         journal = Journal.open(path, requested, extend=settings.extend, readonly=True)
-        service = await _service_view(settings, journal, retry_failed=retry_failed)
+        service = await _service_view(
+            settings, journal, retry_failed=retry_failed, retry_empty=retry_empty
+        )
     except BackfillError as exc:
         if exc.exit_code in (ExitCode.USAGE, ExitCode.CHECKPOINT_REFUSED):
             raise WouldRefuse(exc) from None
@@ -78,6 +81,7 @@ async def dry_run_command(
         max_attempts=settings.max_attempts,
         retry_failed=retry_failed,
         retry_mode=settings.retry_mode,
+        retry_empty=retry_empty or settings.retry_empty,
         service=service,
     )
     document = {
@@ -109,7 +113,9 @@ class WouldRefuse(BackfillError):
         self.cause = cause
 
 
-async def _service_view(settings: Settings, journal: Journal, *, retry_failed: bool) -> ServiceView:
+async def _service_view(
+    settings: Settings, journal: Journal, *, retry_failed: bool, retry_empty: bool
+) -> ServiceView:
     """The read-only questions the real run asks before it sends anything, asked the same way.
 
     The credentials (a token); when any window may still need a request, the pre-flight of
@@ -120,7 +126,9 @@ async def _service_view(settings: Settings, journal: Journal, *, retry_failed: b
     retried within the one retry budget, as the run's are.
     """
     plan = journal.plan
-    options = engine_options(settings, retry_failed=retry_failed, shard=plan.shard)
+    options = engine_options(
+        settings, retry_failed=retry_failed, retry_empty=retry_empty, shard=plan.shard
+    )
     permits = Permits(RateLimiter(settings.effective_rate(plan.shard.count)))
     async with http_session(settings) as session:
         tokens = token_provider(settings, session)

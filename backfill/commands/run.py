@@ -102,11 +102,11 @@ async def run_command(
     if _may_ask(settings):
         # Count on a read-only copy first: a "no" leaves no checkpoint behind.
         ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
-        _confirm(settings, _preview(settings, ahead, retry_failed=retry_failed))
+        _confirm(settings, _preview(settings, ahead, retry_failed, retry_empty))
     journal = Journal.open(path, requested, extend=settings.extend)
     untouched = False
     try:
-        _log_starting(settings, journal, _preview(settings, journal, retry_failed=retry_failed))
+        _log_starting(settings, journal, _preview(settings, journal, retry_failed, retry_empty))
         _log_opened(journal)
         return await _run(
             settings,
@@ -131,13 +131,14 @@ async def run_command(
         await journal.close()
 
 
-def _preview(settings: Settings, journal: Journal, *, retry_failed: bool) -> Preview:
+def _preview(settings: Settings, journal: Journal, retry_failed: bool, empty: bool) -> Preview:
     return preview(
         journal,
         order=settings.order,
         max_attempts=settings.max_attempts,
         retry_failed=retry_failed,
         retry_mode=settings.retry_mode,
+        retry_empty=empty or settings.retry_empty,
     )
 
 
