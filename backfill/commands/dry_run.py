@@ -6,32 +6,28 @@ questions, under the rate limit.
 
 from __future__ import annotations
 
-import random
 import sys
-from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from backfill.choices import CONFIRM_ABOVE
 from backfill.client import FlowServiceClient
-from backfill.engine.preflight import preflight
 from backfill.engine.survey import survey
 from backfill.errors import BackfillError, CheckpointLocked, ExitCode
 from backfill.journal import Journal, holder
-from backfill.limits import RateLimiter, real_sleep
+from backfill.limits import RateLimiter
 from backfill.permits import Permits
 from backfill.planner import format_time
 from backfill.preview import Preview, ServiceView, preview
-from backfill.retry import retrying
 from backfill.settings import Settings
 
 from .wiring import (
     checkpoint_file,
     engine_options,
+    first_contact,
     http_session,
     identity,
-    may_send,
     refuse_unconfirmed_ignore,
     register_secrets,
     requested_plan,
@@ -135,17 +131,7 @@ async def _service_view(
         client = FlowServiceClient(
             session, settings.base_url, identity(settings), tokens, permits.take
         )
-        # Bad credentials fail here, as in the real run; an IMS outage is retried.
-        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
-        if may_send(journal, options):
-            with_column = await preflight(
-                client,
-                plan.flows,
-                sandbox=settings.sandbox_name,
-                backoff=options.backoff,
-                max_retry_after=options.max_retry_after,
-            )
-            options = replace(options, flows_with_delta_column=with_column)
+        options = await first_contact(settings, journal, client, tokens, options)
         return await survey(journal, client, permits, options)
 
 

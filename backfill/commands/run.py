@@ -11,13 +11,11 @@ import asyncio
 import contextlib
 import gc
 import os
-import random
 import signal
 import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +25,14 @@ from backfill.auth import TokenProvider
 from backfill.choices import CONFIRM_ABOVE
 from backfill.client import FlowServiceClient
 from backfill.engine import Engine, ExistingRuns, Outcome
-from backfill.engine.preflight import preflight
 from backfill.errors import BackfillError, ConfigError, ExitCode
 from backfill.journal import Journal
-from backfill.limits import RateLimiter, real_sleep
+from backfill.limits import RateLimiter
 from backfill.paths import write_target_problem
 from backfill.permits import Permits
 from backfill.planner import Plan
 from backfill.preview import Preview, preview
 from backfill.report import Snapshot, duplicate_windows, print_summary, progress_task, write_report
-from backfill.retry import retrying
 from backfill.settings import Settings
 from backfill.state import WindowState
 
@@ -44,9 +40,9 @@ from .wiring import (
     checkpoint_file,
     counts_dict,
     engine_options,
+    first_contact,
     http_session,
     identity,
-    may_send,
     refuse_unconfirmed_ignore,
     register_secrets,
     requested_plan,
@@ -249,18 +245,7 @@ async def _run(
         client = FlowServiceClient(
             session, settings.base_url, identity(settings), tokens, permits.take
         )
-        # Bad credentials fail here, before anything is sent; an IMS outage is retried.
-        await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
-        if may_send(journal, options):
-            # Each flow once, before anything is sent (its GET takes a rate permit).
-            with_column = await preflight(
-                client,
-                plan.flows,
-                sandbox=settings.sandbox_name,
-                backoff=options.backoff,
-                max_retry_after=options.max_retry_after,
-            )
-            options = replace(options, flows_with_delta_column=with_column)
+        options = await first_contact(settings, journal, client, tokens, options)
         engine = Engine(journal, client, limiter, options, permits=permits)
         metrics = _metrics(settings, journal, engine, client, limiter, tokens, plan)
         log.info(

@@ -1,26 +1,31 @@
 """What every command that talks to the service or opens a checkpoint builds the same way.
 
 The HTTP session, the token provider, the API identity, the engine's options from the
-settings, and the checkpoint path checks: ``run``, ``retry``, ``run --dry-run`` and
-``status --refresh`` share them, so each is written once.
+settings, the questions asked before anything is sent, and the checkpoint path checks:
+``run``, ``retry``, ``run --dry-run`` and ``status --refresh`` share them, so each is written
+once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backfill.auth import ClientCredentials, StaticToken, TokenProvider
-from backfill.client import ApiIdentity
+from backfill.client import ApiIdentity, FlowServiceClient
 from backfill.engine import EngineOptions, ExistingRuns
+from backfill.engine.preflight import preflight
 from backfill.errors import ConfigError
 from backfill.journal import Journal
-from backfill.limits import Backoff
+from backfill.limits import Backoff, real_sleep
 from backfill.logs import register_secret
 from backfill.planner import Plan, Shard
+from backfill.retry import retrying
 from backfill.settings import Settings
 from backfill.state import LABELS, WindowState
 
@@ -32,6 +37,7 @@ __all__ = [
     "counts_dict",
     "describe_counts",
     "engine_options",
+    "first_contact",
     "http_session",
     "identity",
     "may_send",
@@ -137,6 +143,30 @@ def refuse_unconfirmed_ignore(settings: Settings) -> None:
             "'ignore' sends windows the service may already have runs for, which ingests them "
             "twice; add --yes to confirm, or leave it at 'adopt'",
         )
+
+
+async def first_contact(
+    settings: Settings,
+    journal: Journal,
+    client: FlowServiceClient,
+    tokens: TokenProvider,
+    options: EngineOptions,
+) -> EngineOptions:
+    """What a run asks before it sends anything, and its dry run the same way: a token (bad
+    credentials fail here; an IMS outage is retried), then, when any window may still need a
+    request, each flow's pre-flight (``GET /flows/{id}``, under the rate). The options come
+    back knowing which flows' Copy transformation already has its delta column."""
+    await retrying(tokens.token, options.backoff, real_sleep, random.Random())  # noqa: S311
+    if not may_send(journal, options):
+        return options
+    with_column = await preflight(
+        client,
+        journal.plan.flows,
+        sandbox=settings.sandbox_name,
+        backoff=options.backoff,
+        max_retry_after=options.max_retry_after,
+    )
+    return replace(options, flows_with_delta_column=with_column)
 
 
 def may_send(journal: Journal, options: EngineOptions) -> bool:
