@@ -11,9 +11,11 @@ from typing import Any
 
 from backfill.client import CreatedRun, Page, RunInfo
 from backfill.engine import Engine, EngineOptions, ExistingRuns, OnFailure, RetryMode
+from backfill.engine.survey import survey
 from backfill.errors import PermanentError, ServerError, TransportError
 from backfill.journal import Journal
 from backfill.limits import RateLimiter
+from backfill.permits import Permits
 from backfill.planner import FlowPlan, Order, Plan, Window
 from backfill.state import RecordCounts, RunStatus, WindowState
 
@@ -193,35 +195,52 @@ async def test_a_flow_that_already_has_runs_never_sends_the_delta_column(
     assert [c[2] for c in service.created()] == [None, None, None]
 
 
+class _Unfiltered(FakeService):
+    """A service that filters after paging: one run a page, another flow's first."""
+
+    async def list_runs(
+        self,
+        flow_id: str | None = None,
+        *,
+        ids: Sequence[str] = (),
+        created_since_ms: int | None = None,
+        limit: int = 100,
+        href: str | None = None,
+    ) -> Page:
+        self.calls.append(("list", (flow_id, tuple(ids))))
+        every = sorted(self.runs.values(), key=lambda run: run.flow_id != FILE)
+        at = int(href.rsplit("=", 1)[1]) if href else 0
+        more = f"https://service.test/runs?page={at + 1}" if at + 1 < len(every) else None
+        return Page([every[at].info()], more)
+
+
 async def test_the_gate_reads_past_a_first_page_that_holds_only_other_flows_runs(
     journal: OpenJournal,
 ) -> None:
-    """A service that filters after paging: one run a page, another flow's first. The flow has
-    had a run (on page 2), so its delta column is set already and must never be sent."""
-
-    class Unfiltered(FakeService):
-        async def list_runs(
-            self,
-            flow_id: str | None = None,
-            *,
-            ids: Sequence[str] = (),
-            created_since_ms: int | None = None,
-            limit: int = 100,
-            href: str | None = None,
-        ) -> Page:
-            self.calls.append(("list", (flow_id, tuple(ids))))
-            every = sorted(self.runs.values(), key=lambda run: run.flow_id != FILE)
-            at = int(href.rsplit("=", 1)[1]) if href else 0
-            more = f"https://service.test/runs?page={at + 1}" if at + 1 < len(every) else None
-            return Page([every[at].info()], more)
-
+    """The flow has had a run (on page 2), so its delta column is set already and must never
+    be sent."""
     plan = _plan(_hours(TABLE, 3, "DOB"))
-    service = Unfiltered()
+    service = _Unfiltered()
     service._new(FILE, T0 - 3600, T0, None)
     service._new(TABLE, T0 - 3600, T0, "DOB")  # someone ran this flow before us
     await _engine(journal(plan), service, existing_runs=ExistingRuns.IGNORE).run()
     assert [c[2] for c in service.created()] == [None, None, None]
     assert [c for c in service.calls if c[0] == "list"][:2] == [("list", (TABLE, ()))] * 2
+
+
+async def test_the_dry_run_asks_whether_a_flow_has_a_run_as_the_gate_does(
+    journal: OpenJournal,
+) -> None:
+    """The dry run's survey reads past a first page of another flow's runs too: it says the
+    delta column is not sent, as the real run then does not send it."""
+    plan = _plan(_hours(TABLE, 3, "DOB"))
+    service = _Unfiltered()
+    service._new(FILE, T0 - 3600, T0, None)
+    service._new(TABLE, T0 - 3600, T0, "DOB")
+    options = replace(EngineOptions(concurrency=4, seed=1), existing_runs=ExistingRuns.IGNORE)
+    view = await survey(journal(plan), service, Permits(RateLimiter(None)), options)
+    assert view.has_run == {TABLE: True}
+    assert service.created() == []
 
 
 async def test_a_lost_answer_is_adopted_not_sent_again(journal: OpenJournal) -> None:

@@ -13,7 +13,6 @@ for the gate's one question to the service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -161,7 +160,7 @@ class Dispatcher:
         told = False
         while not control.closed.is_set():
             try:
-                has_run = await self._has_run(plan.flow_id)
+                has_run = await self._lister.has_run(plan.flow_id)
             except (RequestNotSent, RetryableError):
                 # Stopping: the lister retries a failing page within the one retry budget and,
                 # once it is spent, stops the run itself (exit 75).
@@ -184,11 +183,3 @@ class Dispatcher:
                 continue
             self._board.wake.set()
             return
-
-    async def _has_run(self, flow_id: str) -> bool:
-        """Does the service list any run of the flow? Pages are read until the first one: a
-        page may hold only other flows' runs (a service that filters after paging)."""
-        async with contextlib.aclosing(self._lister.runs(flow_id)) as runs:
-            async for _ in runs:
-                return True
-        return False

@@ -15,6 +15,7 @@ row, 429s not counted); when it is spent the listing fails the engine with ``Api
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
 import structlog
@@ -62,6 +63,14 @@ class Lister:
         """One page of the listing, retried as needed; only the flow's runs (and ``ids``)."""
         page = await self._fetch(flow_id, ids, created_since_ms, limit, href)
         return Page(self._ours(page.runs, flow_id, ids), page.next_href, page.url)
+
+    async def has_run(self, flow_id: str) -> bool:
+        """Does the service list any run of the flow? Pages are read until the first one: a
+        page may hold only other flows' runs (a service that filters after paging)."""
+        async with contextlib.aclosing(self.runs(flow_id)) as runs:
+            async for _ in runs:
+                return True
+        return False
 
     async def runs(
         self, flow_id: str, *, ids: Sequence[str] = (), created_since_ms: int | None = None

@@ -4,7 +4,7 @@
         read as adoption reads it -> runs by window (a run that does not say its window
         refuses the flow, as adoption does)
     each other flow with a delta column the service does not have yet, and no run on record:
-        one page of one run, as the delta-column gate asks
+        its listing up to the flow's first run, as the delta-column gate asks
 
 Every page goes through the engine's one pager (``Lister``): the flow filter, links resolved
 against the request, the loop bound, and retries within the one retry budget (exit 75 when it
@@ -66,6 +66,5 @@ async def survey(
             and flow_id not in options.flows_with_delta_column
             and flow_id not in with_run
         ):
-            page = await lister.page(flow_id, limit=1)
-            view.has_run[flow_id] = bool(page.runs)
+            view.has_run[flow_id] = await lister.has_run(flow_id)
     return view
