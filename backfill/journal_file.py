@@ -65,7 +65,7 @@ from .index import (
     Value,
     state_of,
 )
-from .planner import Plan
+from .planner import FlowPlan, Plan
 from .state import IllegalTransition, WindowState
 
 __all__ = ["FORMAT", "KIND", "Scan", "dense_lines", "describe", "plan_record", "snapshot_record"]
@@ -145,10 +145,16 @@ class Scan:
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointCorrupt(str(path), 1, describe(exc)) from None
         lines, good = 1, len(first)
-        while chunk := handle.readlines(_CHUNK):
+        torn = False
+        while not torn and (chunk := handle.readlines(_CHUNK)):
             if not chunk[-1].endswith(b"\n"):
                 # Only the file's last line can lack its newline: a crash mid-write, dropped.
+                # The read ends there: a reader without the lock (status) may have seen a
+                # run's write half done, and the next read would start inside that line.
                 self.torn_bytes = len(chunk.pop())
+                torn = True
+                if not chunk:
+                    break
             # One parse for a whole chunk of lines is much cheaper than one call per line.
             try:
                 records = orjson.loads(b"[" + b",".join(chunk) + b"]")
@@ -271,6 +277,10 @@ class Scan:
             raise ValueError("a cols record's window starts are not increasing")
         if sum(deltas) >= 1 << SHIFT:
             raise ValueError("a cols record's window start is past the year 2100")
+        if not _planned(self.plan.flows[flow], deltas):
+            # Read as recorded, windows the plan does not have would be counted as done while
+            # the plan's own windows were never sent (a resume would skip them).
+            raise ValueError("a cols record holds a window start the plan does not have")
         keys = itertools.islice(itertools.accumulate(deltas, initial=flow << SHIFT), 1, None)
         values: Iterable[Value]
         if width:
@@ -450,3 +460,20 @@ def describe(exc: Exception) -> str:
     if isinstance(exc, KeyError):
         return f"a record lacks the field {exc}"
     return str(exc) or type(exc).__name__
+
+
+def _planned(flow: FlowPlan, deltas: array[int]) -> bool:
+    """Whether every start of a "cols" record (the first, then differences) is a window of the
+    flow's plan. A fixed window size over one segment, the common case, is checked on the
+    differences in C; any other plan one start at a time."""
+    size = flow.window
+    if isinstance(size, int) and len(flow.segments) == 1:
+        segment = flow.segments[0]
+        first, last = deltas[0], sum(deltas)
+        return (
+            segment.start <= first
+            and last < segment.end
+            and not (first - segment.start) % size
+            and not any(map(size.__rmod__, itertools.islice(deltas, 1, None)))
+        )
+    return all(flow.window_at(start) is not None for start in itertools.accumulate(deltas))

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 import backfill.journal as journal_module
+import backfill.journal_file as journal_file_module
 from backfill.errors import CheckpointCorrupt, ExitCode
 from backfill.journal import Journal
 from backfill.planner import FlowPlan, Plan, Window
@@ -325,6 +326,17 @@ DAMAGE = {
     ),
     "a start twice": _damaged("s", _pack(START.to_bytes(8, "little") + bytes(8))),
     "a start past 2100": _damaged("s", _pack((1 << 33).to_bytes(8, "little") + bytes(8))),
+    # Well-formed columns whose windows the plan does not have: read as recorded, they would
+    # be counted as done while the plan's own windows were never sent.
+    "starts off the plan's grid": _damaged(
+        "s", _pack((START + 1).to_bytes(8, "little") + (60).to_bytes(8, "little"))
+    ),
+    "a start before the plan": _damaged(
+        "s", _pack((START - 60).to_bytes(8, "little") + (60).to_bytes(8, "little"))
+    ),
+    "a start past the plan's end": _damaged(
+        "s", _pack(START.to_bytes(8, "little") + (600).to_bytes(8, "little"))
+    ),
     "a flow not in the plan": _damaged("f", 4),
     "a run id width out of range": _damaged("w", 5000),
     "a column that is not text": _damaged("a", 7),
@@ -361,3 +373,48 @@ def test_a_window_in_columns_and_again_in_columns_is_refused(path: Path) -> None
     with pytest.raises(CheckpointCorrupt, match="recorded before") as info:
         Journal.open(path, None, readonly=True)
     assert info.value.line == 3
+
+
+def test_status_reading_while_a_run_appends_never_sees_a_torn_line_as_corrupt(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader without the lock (``status``) can see a run's write half done: the file ends
+    mid-line. If the run finishes that write before the next read, the rest of the line must
+    not be parsed as a line of its own (it would be "corrupt" in a healthy checkpoint)."""
+    header, cols, tail = _good_columns(path)
+    later = orjson.dumps({"t": "w", "f": 0, "s": START + 180, "st": "submitting", "a": 1})
+    later = later[:-1] + b',"ts":3.0}\n'
+    cut = len(tail) // 2
+    path.parent.mkdir(parents=True)
+    path.write_bytes(header + cols + tail[:cut])  # the run's write, half visible
+
+    class Appending:
+        """The file as a reader sees it while the run's write completes between two reads."""
+
+        def __init__(self, raw: Any) -> None:
+            self.raw, self.reads = raw, 0
+
+        def __enter__(self) -> Appending:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.raw.close()
+
+        def readline(self) -> bytes:
+            return bytes(self.raw.readline())
+
+        def readlines(self, hint: int) -> list[bytes]:
+            lines: list[bytes] = self.raw.readlines(hint)
+            self.reads += 1
+            if self.reads == 1:
+                with open(path, "ab") as out:  # the write completes, and one more follows
+                    out.write(tail[cut:] + later)
+            return lines
+
+    real_open = open
+    monkeypatch.setattr(
+        journal_file_module, "open", lambda p, mode: Appending(real_open(p, mode)), raising=False
+    )
+    journal = Journal.open(path, None, readonly=True)
+    assert journal.counts()[S.SUBMITTED] == 2
+    assert journal.get(window(2)) is None  # the torn line is not read: as if read a moment before
