@@ -189,7 +189,11 @@ class Scan:
         tally = self.tally
         positions = INDEX_OF
         legal = LEGAL
-        flows = len(self.plan.flows)
+        # A move of a window the plan does not have is refused: counted as recorded, it would
+        # stand for one of the plan's windows, which a resume would then never send.
+        plan = self.plan
+        grids = [_grid(flow) for flow in plan.flows]
+        flows = len(plan.flows)
         number = before
         try:
             for number, record in enumerate(records, before + 1):  # noqa: B007 - in the error
@@ -197,6 +201,12 @@ class Scan:
                     flow = record["f"]
                     start = record["s"]
                     if not (0 <= flow < flows and type(start) is int):
+                        raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
+                    grid = grids[flow]
+                    if grid is None:
+                        if plan.flows[flow].window_at(start) is None:
+                            raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
+                    elif not (grid[0] <= start < grid[1] and not (start - grid[0]) % grid[2]):
                         raise ValueError(f"window {flow}/{start} is not in the plan")  # noqa: TRY301
                     key = (flow << SHIFT) | start
                     old = windows.get(key, 0)
@@ -240,7 +250,10 @@ class Scan:
                     apply(key, record, new)
                 else:
                     self._other(record)
-                    flows = len(self.plan.flows)
+                    if self.plan is not plan:  # an extension: more flows or segments
+                        plan = self.plan
+                        grids = [_grid(flow) for flow in plan.flows]
+                        flows = len(plan.flows)
         except (ValueError, KeyError, TypeError, IndexError, IllegalTransition) as exc:
             # A crash can only tear the last line short of its newline. A complete line that
             # does not read, wherever it is, was damaged after it was written: it may be a
@@ -318,7 +331,11 @@ class Scan:
         if kind == "snap":
             flow = record["f"]
             start = record["s"]
-            if not (0 <= flow < len(self.plan.flows) and type(start) is int):
+            if not (
+                0 <= flow < len(self.plan.flows)
+                and type(start) is int
+                and self.plan.flows[flow].window_at(start) is not None
+            ):
                 raise ValueError(f"window {flow}/{start} is not in the plan")
             key = (flow << SHIFT) | start
             new = INDEX_OF[record["st"]]
@@ -462,18 +479,28 @@ def describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _grid(flow: FlowPlan) -> tuple[int, int, int] | None:
+    """A fixed window size over one segment (the common plan): its start, end and size, so a
+    start is checked with arithmetic alone; ``None`` for any other plan (``window_at``)."""
+    size = flow.window
+    if isinstance(size, int) and len(flow.segments) == 1:
+        segment = flow.segments[0]
+        return segment.start, segment.end, size
+    return None
+
+
 def _planned(flow: FlowPlan, deltas: array[int]) -> bool:
     """Whether every start of a "cols" record (the first, then differences) is a window of the
     flow's plan. A fixed window size over one segment, the common case, is checked on the
     differences in C; any other plan one start at a time."""
-    size = flow.window
-    if isinstance(size, int) and len(flow.segments) == 1:
-        segment = flow.segments[0]
+    grid = _grid(flow)
+    if grid is not None:
+        low, high, size = grid
         first, last = deltas[0], sum(deltas)
         return (
-            segment.start <= first
-            and last < segment.end
-            and not (first - segment.start) % size
+            low <= first
+            and last < high
+            and not (first - low) % size
             and not any(map(size.__rmod__, itertools.islice(deltas, 1, None)))
         )
     return all(flow.window_at(start) is not None for start in itertools.accumulate(deltas))

@@ -4,6 +4,7 @@ compaction, format-1 files still read and upgraded, and damaged columns refused 
 from __future__ import annotations
 
 import base64
+import itertools
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 import backfill.journal as journal_module
 import backfill.journal_file as journal_file_module
+from backfill.calendar import Calendar, Unit
 from backfill.errors import CheckpointCorrupt, ExitCode
 from backfill.journal import Journal
 from backfill.planner import FlowPlan, Plan, Window
@@ -418,3 +420,46 @@ def test_status_reading_while_a_run_appends_never_sees_a_torn_line_as_corrupt(
     journal = Journal.open(path, None, readonly=True)
     assert journal.counts()[S.SUBMITTED] == 2
     assert journal.get(window(2)) is None  # the torn line is not read: as if read a moment before
+
+
+def _line_file(path: Path, plan: Plan, record: dict[str, Any]) -> bytes:
+    header: dict[str, Any] = {"kind": "backfill-checkpoint", "format": 2, "gen": "g"}
+    header |= {"fingerprint": plan.fingerprint(), "plan": plan.to_json(), "seq": 0}
+    good = {"t": "w", "f": 0, "s": START, "st": "submitting", "a": 1, "ts": 1.0}
+    data = b"".join(orjson.dumps(r) + b"\n" for r in (header, good, record))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return data
+
+
+FIXED = Plan((FlowPlan.single(FLOW, START, START + 4 * MINUTE, MINUTE),))
+DAYS = Plan(
+    (FlowPlan.single(FLOW, START, START + 4 * 86_400, Calendar(1, Unit.DAY, "Europe/Madrid")),)
+)
+
+
+@pytest.mark.parametrize("plan", [FIXED, DAYS], ids=["fixed", "calendar"])
+@pytest.mark.parametrize("kind", ["w", "snap"])
+@pytest.mark.parametrize("start", [START + 1, START - 60, START + 4 * 86_400])
+def test_a_line_for_a_window_the_plan_does_not_have_is_refused(
+    path: Path, plan: Plan, kind: str, start: int
+) -> None:
+    """Read as recorded, a move of a window off the plan would count as one of the plan's
+    (the counts say nothing is left) and a resume would never send the window it stands for."""
+    before = _line_file(
+        path, plan, {"t": kind, "f": 0, "s": start, "st": "submitting", "a": 1, "ts": 2.0}
+    )
+    for readonly in (True, False):
+        with pytest.raises(CheckpointCorrupt, match="not in the plan") as info:
+            Journal.open(path, None, readonly=readonly)
+        assert info.value.exit_code == ExitCode.CHECKPOINT_REFUSED
+        assert info.value.line == 3
+        assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("plan", [FIXED, DAYS], ids=["fixed", "calendar"])
+def test_a_line_for_a_planned_window_reads(path: Path, plan: Plan) -> None:
+    second = next(itertools.islice(plan.windows(), 1, None))
+    _line_file(path, plan, {"t": "w", "f": 0, "s": second.start, "st": "submitting", "a": 1})
+    journal = Journal.open(path, None, readonly=True)
+    assert journal.counts()[S.SUBMITTING] == 2
