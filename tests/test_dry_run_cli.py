@@ -152,3 +152,27 @@ async def test_the_dry_run_refuses_where_adoption_would_runs_that_hide_their_win
     assert real.code == 2
     assert "whose window the service does not say" in real.stderr
     assert posts == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--report", "no-such-folder/report.json"], "report"),
+        (["--shard", "0/4", "--max-active-runs", "2"], "max_active_runs"),
+    ],
+)
+async def test_the_dry_run_refuses_the_options_the_real_run_would_refuse(
+    tmp_path: Path, flags: list[str], expected: str
+) -> None:
+    """The checks made before the checkpoint opens are one function for both."""
+    async with emulator() as emu:
+        args = hourly_run(FLOW_FILE, 5, *flags)
+        dry = await run_cli([*args, "--dry-run"], cli_env(emu), tmp_path)
+        real = await run_cli(args, cli_env(emu), tmp_path)
+        stats = emu.stats()
+    assert (dry.code, real.code) == (2, 2), dry.stderr
+    assert _error(dry).startswith("the run would refuse (exit 2): ")
+    assert expected in _error(dry)
+    assert expected in real.stderr
+    assert stats["requests"]["total"] == 0  # neither asked the service anything
+    assert not (tmp_path / "ck.jsonl").exists()

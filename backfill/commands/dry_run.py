@@ -23,14 +23,11 @@ from backfill.preview import Preview, ServiceView, preview
 from backfill.settings import Settings
 
 from .wiring import (
-    checkpoint_file,
+    checked_start,
     engine_options,
     first_contact,
     http_session,
     identity,
-    refuse_unconfirmed_ignore,
-    register_secrets,
-    requested_plan,
     token_provider,
 )
 
@@ -54,12 +51,7 @@ async def dry_run_command(
     """
     out = out or sys.stdout
     try:
-        settings.refuse_idle_options()
-        settings.require_credentials()
-        refuse_unconfirmed_ignore(settings)
-        register_secrets(settings)
-        requested = requested_plan(settings, from_checkpoint=from_checkpoint)
-        path = checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
+        requested, path = checked_start(settings, from_checkpoint=from_checkpoint)
         held = holder(path)
         if held is not None:
             raise CheckpointLocked(str(path), held.pid, held.host)

@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,7 +27,6 @@ from backfill.engine import Engine, ExistingRuns, Outcome
 from backfill.errors import BackfillError, ConfigError, ExitCode
 from backfill.journal import Journal
 from backfill.limits import RateLimiter
-from backfill.paths import write_target_problem
 from backfill.permits import Permits
 from backfill.planner import Plan
 from backfill.preview import Preview, preview
@@ -37,15 +35,12 @@ from backfill.settings import Settings
 from backfill.state import WindowState
 
 from .wiring import (
-    checkpoint_file,
+    checked_start,
     counts_dict,
     engine_options,
     first_contact,
     http_session,
     identity,
-    refuse_unconfirmed_ignore,
-    register_secrets,
-    requested_plan,
     token_provider,
 )
 
@@ -80,21 +75,10 @@ async def run_command(
     tried and every flow goes through the pre-flight, before anything is sent. A command that
     stops before it recorded anything leaves no checkpoint behind it had just created.
     """
-    settings.refuse_idle_options()
-    settings.require_credentials()
-    refuse_unconfirmed_ignore(settings)
-    settings.check_run_paths(existing=from_checkpoint)
-    register_secrets(settings)
-    requested = requested_plan(settings, from_checkpoint=from_checkpoint)
-    if requested is not None:
-        settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
-    path = checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
+    requested, path = checked_start(settings, from_checkpoint=from_checkpoint)
     # A metrics port in use is a configuration error (exit 2) that must leave the checkpoint
     # as it was: it is tried before the checkpoint is created or changed.
     _check_port(settings.metrics_port)
-    shard = requested.shard if requested is not None else settings.shard_spec()
-    for field in ("report", "metrics_file"):  # written at the end: their folders are now
-        _check_writable(settings, field, settings.shard_path(getattr(settings, field), shard))
     if _may_ask(settings):
         # Count on a read-only copy first: a "no" leaves no checkpoint behind.
         ahead = Journal.open(path, requested, extend=settings.extend, readonly=True)
@@ -396,16 +380,6 @@ def _check_port(port: int | None) -> None:
             sock.bind(("0.0.0.0", port))  # noqa: S104 - where the server will listen
         except OSError as exc:
             raise _port_taken(port, exc) from None
-
-
-def _check_writable(settings: Settings, field: str, path: Path | None) -> None:
-    """A file written at the end (report, metrics) must be writable from the start: exit 2 now,
-    before the checkpoint is created or changed, not a traceback after the whole backfill."""
-    if path is None:
-        return
-    problem = write_target_problem(path)  # the settings' own check, on the shard's path
-    if problem is not None:
-        raise ConfigError(f"{settings.source(field)} {path}", problem)
 
 
 def _port_taken(port: int, exc: OSError) -> ConfigError:

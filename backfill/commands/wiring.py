@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import aiohttp
 
 __all__ = [
+    "checked_start",
     "checkpoint_file",
     "counts_dict",
     "describe_counts",
@@ -46,6 +47,23 @@ __all__ = [
     "requested_plan",
     "token_provider",
 ]
+
+
+def checked_start(settings: Settings, *, from_checkpoint: bool) -> tuple[Plan | None, Path]:
+    """What ``run``, ``retry`` and their dry run check before they open the checkpoint: the
+    options, the credentials, the confirmation ``ignore`` needs, the paths written (the
+    checkpoint's, the report's, the metrics file's), the plan and its shard's
+    ``max_active_runs``. Returns the plan asked for (``None``: ``retry`` takes the
+    checkpoint's) and the checkpoint's path. Nothing is written."""
+    settings.refuse_idle_options()
+    settings.require_credentials()
+    refuse_unconfirmed_ignore(settings)
+    settings.check_run_paths(existing=from_checkpoint)
+    register_secrets(settings)
+    requested = requested_plan(settings, from_checkpoint=from_checkpoint)
+    if requested is not None:
+        settings.effective_max_active_runs(requested.shard)  # refused before the checkpoint
+    return requested, checkpoint_file(settings, settings.checkpoint_path(existing=from_checkpoint))
 
 
 def checkpoint_file(settings: Settings, path: Path) -> Path:
