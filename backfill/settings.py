@@ -41,7 +41,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     SettingsError,
 )
-from yarl import URL
 
 from .auth import DEFAULT_SCOPES, IMS_URL
 from .calendar import Align, Calendar, check_zone
@@ -301,9 +300,15 @@ class Settings(BaseSettings):
     @field_validator("base_url", "ims_url")
     @classmethod
     def _safe_url(cls, value: str) -> str:
+        if value in (PRODUCTION_URL, IMS_URL):
+            # The defaults (validated too): known good. So plan, which needs no URL, does not
+            # load yarl for them (5 ms of its start-up); run has yarl from aiohttp anyway.
+            return value
         problem = text_problem(value, limit=2048)
         if problem is not None:
             raise ValueError(problem)
+        from yarl import URL  # noqa: PLC0415 - see above
+
         try:
             url = URL(value)
         except ValueError:
