@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import orjson
-
 from . import __version__
 from .choices import CONFIRM_ABOVE, OnFailure, Order, RetryMode
 from .errors import BackfillError, ConfigError, ExitCode
@@ -80,6 +78,9 @@ def _fail(message: str, code: int) -> NoReturn:
         wanted = requested_log_format({})
         as_json = wanted == "json" if wanted is not None else not sys.stderr.isatty()
     if as_json:
+        # Only here: --help needs no orjson (it loads json, uuid and dataclasses with it).
+        import orjson  # noqa: PLC0415
+
         line = orjson.dumps(
             {"level": "error", "event": "error", "message": message, "exit_code": code}
         )

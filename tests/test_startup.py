@@ -41,6 +41,30 @@ def test_plan_in_its_own_process_loads_no_http_and_freezes_what_start_up_built()
     assert done.stderr.strip() == "0 [] True True"
 
 
+def test_help_loads_neither_the_settings_nor_orjson() -> None:
+    probe = (
+        "import sys\n"
+        "from backfill.cli import main\n"
+        "sys.argv = ['backfill', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    code = stop.code\n"
+        "loaded = [m for m in ('pydantic', 'orjson', 'backfill.settings') if m in sys.modules]\n"
+        "print(code, loaded, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=_environment(),
+        timeout=60,
+        check=True,
+    )
+    assert "usage: backfill" in done.stdout
+    assert done.stderr.strip() == "0 []"
+
+
 def test_in_process_the_collector_is_left_as_the_caller_had_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
