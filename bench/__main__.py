@@ -35,7 +35,7 @@ from bench import (
     startup,
     throughput,
 )
-from bench.common import ROOT, Result, Settings, fmt, machine, stop_all
+from bench.common import ROOT, Result, Settings, byte_compile, fmt, machine, stop_all
 
 SCENARIOS: dict[str, ModuleType] = {
     module.NAME: module
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     mode = "quick" if args.quick else "full"
     print(f"backfill benchmarks ({mode}, {repetitions} repetition(s) each); work dir {work}")
+    print(f"byte-compiled, as an install is: {byte_compile()}")
     try:
         for name in args.names:
             module = SCENARIOS[name]

@@ -347,6 +347,35 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_COMPILE = (
+    "import compileall, importlib.util, pathlib\n"
+    "folder = pathlib.Path(importlib.util.find_spec('backfill').origin).parent\n"
+    "ok = compileall.compile_dir(folder, quiet=1)\n"
+    "print(folder if ok else '')\n"
+)
+
+
+def byte_compile() -> str:
+    """Byte-compile the ``backfill`` package the commands import, as installing it does.
+
+    Every child runs with PYTHONDONTWRITEBYTECODE=1, so in a checkout without current .pyc
+    files each command would compile backfill's source again: 0.03 s of ``plan``'s CPU that
+    no installed copy (a wheel, the container image) pays. Returns the folder compiled.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+        check=True,
+    )
+    folder = done.stdout.strip()
+    if not folder:
+        raise BenchError(f"backfill could not be byte-compiled: {done.stderr[-500:]}")
+    return folder
+
+
 def cli_env(base_url: str, **extra: str) -> dict[str, str]:
     """What a user exports before running ``backfill`` against the emulator; JSON logs."""
     return clean_env(
