@@ -17,6 +17,8 @@ per request (no extra task, no extra future).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 from .errors import RequestNotSent
 from .limits import RateLimiter
@@ -36,16 +38,45 @@ class Permits:
 
     async def take(self, what: str, *, acts: bool) -> None:
         """Wait for the permit of the request ``what``; raise ``RequestNotSent`` on a stop."""
-        self._check(what, acts=acts)
+        # Listings and status polls go first: a failure or a freed slot is seen before more
+        # windows go out (--on-failure stop, --max-active-runs). They still count.
+        await self._until(what, self.limiter.acquire(urgent=not acts), acts=acts)
+
+    async def seat(self, what: str, seats: asyncio.Semaphore) -> None:
+        """Wait for one of ``seats`` (requests that act, in flight) before the request
+        ``what``, as for a permit: a stop wakes the wait (``RequestNotSent``, no seat held)."""
+        if not seats.locked():
+            self._check(what, acts=True)
+            await seats.acquire()  # a seat is free: no wait
+            return
+        got = False
+
+        async def sit() -> None:
+            nonlocal got
+            await seats.acquire()
+            got = True
+
+        try:
+            await self._until(what, sit(), acts=True)
+        except RequestNotSent:
+            if got:  # the seat came just as the stop did: the stop wins, the seat goes back
+                seats.release()
+            raise
+
+    async def _until(self, what: str, wait: Coroutine[Any, Any, None], *, acts: bool) -> None:
+        """Await ``wait`` unless a stop comes first (then ``RequestNotSent``)."""
+        try:
+            self._check(what, acts=acts)
+        except RequestNotSent:
+            wait.close()  # never awaited: say so to nobody
+            raise
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - always called from a task
-            await self.limiter.acquire(urgent=not acts)
+            await wait
             return
         self._waiting[task] = acts
         try:
-            # Listings and status polls go first: a failure or a freed slot is seen before
-            # more windows go out (--on-failure stop, --max-active-runs). They still count.
-            await self.limiter.acquire(urgent=not acts)
+            await wait
         except asyncio.CancelledError:
             if task not in self._woken:
                 raise

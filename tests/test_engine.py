@@ -460,3 +460,30 @@ async def test_workers_keep_at_most_concurrency_in_flight_and_send_each_window_o
     starts = [c[1] for c in service.created()]
     assert starts == [T0 + 3600 * i for i in range(11)]
     assert _states(ledger, plan) == [WindowState.SUBMITTED] * 11
+
+
+async def test_while_concurrency_requests_are_out_half_as_many_again_wait_with_their_intents(
+    journal: OpenJournal,
+) -> None:
+    """Seats (issue 19): ``concurrency`` requests out, and windows whose intents are on disk
+    wait for a seat, so a request that ends is followed by one whose intent needs no commit.
+    A stop sends those back to pending: they were never sent."""
+    plan = _plan(_hours(FILE, 12))
+    ledger = journal(plan)
+    service = FakeService(gate=asyncio.Event())
+    engine = _engine(ledger, service, concurrency=4)
+    task = asyncio.ensure_future(engine.run())
+    await service.sent(4)
+    for _ in range(50):
+        if _states(ledger, plan).count(WindowState.SUBMITTING) == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert _states(ledger, plan) == [WindowState.SUBMITTING] * 6 + [WindowState.PENDING] * 6
+    assert len(service.created()) == 4, "never more than concurrency requests out"
+
+    engine.stop("test")
+    service.gate.set()  # type: ignore[union-attr]
+    outcome = await task
+    assert outcome.stopped == "test"
+    assert len(service.created()) == 4
+    assert _states(ledger, plan) == [WindowState.SUBMITTED] * 4 + [WindowState.PENDING] * 8

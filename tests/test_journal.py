@@ -1386,3 +1386,92 @@ async def test_the_moves_written_are_the_moves_replayed(path: Path, seed: int) -
         assert (snapshot(reopened), reopened.counts(), reopened.record_totals()) == live
     finally:
         await reopened.close()
+
+
+# ------------------------------------------------------ commits that gather (issue 19)
+
+
+async def _shared_commit(journal: Journal) -> None:
+    """A commit that serves two waiters: others are recording, the next commit gathers."""
+    await asyncio.gather(
+        journal.record(window(90), S.SUBMITTING, attempt=1),
+        journal.record(window(91), S.SUBMITTING, attempt=1),
+    )
+
+
+async def test_while_others_record_a_commit_waits_for_them_and_one_fsync_serves_all(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intents made a few loop turns apart share one commit once the last one was shared:
+    without the gathering each would be written and fsynced on its own."""
+    monkeypatch.setattr(journal_module, "_GATHER", 30.0)  # nothing here waits that long
+    journal = Journal.open(path, make_plan())
+    try:
+        await _shared_commit(journal)
+        syncs = journal.syncs
+        first = asyncio.ensure_future(journal.record(window(0), S.SUBMITTING, attempt=1))
+        later = []
+        for i in range(1, 6):
+            for _ in range(3):  # a few loop turns apart: a commit started at once would go
+                await asyncio.sleep(0)
+            later.append(asyncio.ensure_future(journal.record(window(i), S.SUBMITTING, attempt=1)))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not first.done(), "the first intent waits for the others"
+        assert journal.syncs == syncs
+
+        await journal.commit()  # a commit asked for (as at close) does not wait for more
+        assert first.done()
+        assert all(task.done() for task in later)
+        assert journal.syncs == syncs + 1
+        assert [r["s"] for r in lines(path)[-6:]] == [window(i).start for i in range(6)]
+    finally:
+        await journal.close()
+
+
+async def test_a_lone_intent_is_committed_at_once(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One window at a time (a low rate, --concurrency 1): nobody to wait for, no delay."""
+    monkeypatch.setattr(journal_module, "_GATHER", 30.0)
+    journal = Journal.open(path, make_plan())
+    try:
+        syncs = journal.syncs
+        await journal.record(window(0), S.SUBMITTING, attempt=1)  # served alone
+        await asyncio.wait_for(journal.record(window(1), S.SUBMITTING, attempt=1), 10.0)
+        assert journal.syncs == syncs + 2
+
+        await _shared_commit(journal)  # others came: the next one gathers...
+        gathered = asyncio.ensure_future(journal.record(window(2), S.SUBMITTING, attempt=1))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not gathered.done()
+        await journal.commit()
+        assert gathered.done()
+        # ...and served alone, it stops gathering.
+        await asyncio.wait_for(journal.record(window(3), S.SUBMITTING, attempt=1), 10.0)
+    finally:
+        await journal.close()
+
+
+async def test_records_nobody_waits_for_start_no_commit_of_their_own_after_a_write(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run id that came back while a commit was being written waits for the next intent
+    (or the lazy flush), not for a write and fsync of its own right after."""
+    journal = Journal.open(path, make_plan())
+    spy = FsyncSpy(monkeypatch, path)
+    try:
+        intent = asyncio.ensure_future(journal.record(window(0), S.SUBMITTING, attempt=1))
+        await asyncio.sleep(0)  # the commit is with the writer thread
+        journal.record_nowait(window(5), S.SUBMITTING, attempt=1)
+        await intent
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert spy.events == ["write", "fsync"]
+
+        await journal.record(window(1), S.SUBMITTING, attempt=1)
+        assert spy.events == ["write", "fsync"] * 2
+        assert [r["s"] for r in lines(path)[1:]] == [window(i).start for i in (0, 5, 1)]
+    finally:
+        await journal.close()

@@ -197,3 +197,55 @@ async def test_a_retry_after_beyond_the_bound_stops_with_75_and_sends_nothing_mo
     assert "--max-retry-after 900 s" in str(outcome.error)
     assert service.created() == []
     assert states == [WindowState.PENDING] * 3  # the throttled request was never accepted
+
+
+# ------------------------------------------------------------------ seats (issue 19)
+
+
+async def test_a_free_seat_is_taken_without_waiting_and_a_stop_refuses_it() -> None:
+    permits = Permits(RateLimiter(None))
+    seats = asyncio.Semaphore(2)
+    await permits.seat("POST /runs", seats)
+    await permits.seat("POST /runs", seats)
+    assert seats.locked()
+    seats.release()
+
+    permits.halt()  # no request that acts may go out: not even with a seat free
+    with pytest.raises(RequestNotSent):
+        await permits.seat("POST /runs", seats)
+    assert not seats.locked(), "a refused request holds no seat"
+
+
+@pytest.mark.parametrize("stop", ["close", "halt"])
+async def test_a_stop_wakes_every_request_waiting_for_a_seat_and_none_holds_one(stop: str) -> None:
+    permits = Permits(RateLimiter(None))
+    seats = asyncio.Semaphore(1)
+    await permits.seat("POST /runs", seats)  # the only seat, held by a request in flight
+    waiting = [asyncio.create_task(permits.seat("POST /runs", seats)) for _ in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in waiting)
+
+    getattr(permits, stop)()
+
+    for task in waiting:
+        with pytest.raises(RequestNotSent):
+            await task
+    seats.release()  # the request in flight ends: its seat is the only one that was taken
+    await seats.acquire()  # exactly one seat: no seat was leaked or made up
+    assert seats.locked()
+
+
+async def test_a_seat_that_comes_just_as_the_stop_does_is_given_back() -> None:
+    permits = Permits(RateLimiter(None))
+    seats = asyncio.Semaphore(1)
+    await permits.seat("POST /runs", seats)
+    waiter = asyncio.create_task(permits.seat("POST /runs", seats))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    seats.release()  # the seat is handed to the waiter...
+    permits.close()  # ...and the stop comes before it resumes
+    with pytest.raises(RequestNotSent):
+        await waiter
+    await seats.acquire()
+    assert seats.locked()

@@ -3,8 +3,9 @@
     Engine (core) -- builds the parts around one Board (shared state) and one Control
        |             (lifecycle, naps, backoff), and runs them in one TaskGroup
        v
-    dispatch  --(one of `concurrency` workers, flow ready)--> submit (one request at a time)
-    submit:     journal "submitting" (durable) -> rate permit -> POST /runs
+    dispatch  --(one of `workers` workers, flow ready)--> submit (one request at a time)
+    submit:     journal "submitting" (durable) -> a seat (one of `concurrency`) -> rate
+                permit -> POST /runs
                 -> journal "submitted" (durable with the next commit); answer lost / 5xx
                 -> in doubt -> reconcile
     reconcile:  one paginated listing per flow, adopts the run whose window matches, or

@@ -59,7 +59,7 @@ class Engine:
             options,
             lambda: getattr(client, "clock_offset", None),
         )
-        self._submitter = Submitter(board, control, client, options)
+        self._submitter = Submitter(board, control, client, options, permits)
         self._dispatcher = Dispatcher(board, control, lister, options)
         self._adopter = Adopter(board, lister, options)
         self.started = 0.0

@@ -1,10 +1,13 @@
 """Dispatch: which window goes next, under the concurrency, active-run and delta-column limits.
 
-``concurrency`` long-lived workers wait for new work: each picks the next ready window
-(re-runs first, then windows from the flows' streams, oldest or newest first), sends it and
-picks again, so at most ``concurrency`` windows are ever in hand and memory stays flat however
-long the plan is. A flow with a delta column sends its first run
-alone (its gate); its other windows wait until that run is accepted.
+``workers`` long-lived workers (``concurrency`` and half as many again) wait for new work:
+each picks the next ready window (re-runs first, then windows from the flows' streams, oldest
+or newest first), sends it and picks again, so at most ``workers`` windows are ever in hand
+and memory stays flat however long the plan is. At most ``concurrency`` of them have a request
+out (submit.py's seats): the others record their intents meanwhile, so a seat that frees goes
+to a window whose intent is on disk already, and a commit can gather many intents at once
+(journal.py). A flow with a delta column sends its first run alone (its gate); its other
+windows wait until that run is accepted.
 
 It may touch: the board's flows, counters and ``wake``; the journal (read only); the lister
 for the gate's one question to the service.
@@ -45,16 +48,14 @@ class Dispatcher:
         self._options = options
 
     async def run(self, group: asyncio.TaskGroup, work: Worker) -> None:
-        """Run ``concurrency`` workers until nothing is left (or the engine stops).
+        """Run ``workers`` workers until nothing is left (or the engine stops).
 
         Each worker takes the next ready window, sends it, and takes another: no task, no
         semaphore and no hand-over per window (a task per window cost the event loop two more
         callbacks a window). Every worker picks through the same ``_pick``, one at a time, so
         the order and the limits are those of a single dispatcher.
         """
-        others = [
-            group.create_task(self._worker(work)) for _ in range(self._options.concurrency - 1)
-        ]
+        others = [group.create_task(self._worker(work)) for _ in range(self._options.workers - 1)]
         await self._worker(work)
         if others:
             await asyncio.wait(others)

@@ -53,6 +53,12 @@ class EngineOptions:
     def monitoring(self) -> bool:
         return self.wait or self.max_active_runs is not None
 
+    @property
+    def workers(self) -> int:
+        """Windows in hand at once: ``concurrency`` requests in flight, and half as many
+        again whose intents are recorded while those are out, each waiting for a seat."""
+        return self.concurrency + self.concurrency // 2
+
 
 @dataclass(slots=True)
 class Stats:

@@ -1,20 +1,25 @@
 """Submission: one window's request, from its durable intent to its recorded run id.
 
-    journal "submitting" (durable) -> POST /runs (or re-trigger; the client takes the rate
-        permit right before the send) -> journal "submitted" (durable with the next commit;
-        a crash before it leaves the window in doubt, and reconciliation adopts the run)
+    journal "submitting" (durable) -> a seat (one of ``concurrency`` requests out) -> POST /runs
+        (or re-trigger; the client takes the rate permit right before the send) -> journal
+        "submitted" (durable with the next commit; a crash before it leaves the window in
+        doubt, and reconciliation adopts the run)
     answer lost / 5xx -> in doubt, handed to reconciliation; never sent again from here
-    stopped before the permit (RequestNotSent) -> back to where it was: never in doubt
+    stopped before the seat or the permit (RequestNotSent) -> back to where it was: never in
+        doubt
 
 The permit comes last, once the intent is on disk and the token in hand: how long an fsync or
 a token renewal takes varies, and it must not sit between the permit and the send, or
 requests would reach a sliding-window server closer together than the rate.
 
 It may touch: the journal (its window's records), the client's create/re-trigger calls, the
-board (its flow's slot, the doubts, the accepted run) and the control (errors, backoff).
+board (its flow's slot, the doubts, the accepted run), the control (errors, backoff) and the
+permits (a seat, waited for as a permit is: a stop wakes it).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import structlog
 
@@ -28,6 +33,7 @@ from backfill.errors import (
     RetryableError,
 )
 from backfill.logs import debug_enabled
+from backfill.permits import Permits
 from backfill.state import WindowState
 
 from .board import Board, Gate, Job, window_fields
@@ -48,11 +54,16 @@ class Submitter:
         control: Control,
         client: RunsApi,
         options: EngineOptions,
+        permits: Permits,
     ) -> None:
         self._board = board
         self._control = control
         self._client = client
         self._options = options
+        self._permits = permits
+        # Requests that act, out at once: --concurrency. More workers than seats hold a
+        # window each (dispatch.py): their intents go to disk while the seats are busy.
+        self._seats = asyncio.Semaphore(options.concurrency)
 
     async def work(self, job: Job) -> None:
         """Send the job's request; the window ends submitted, in doubt, or back where it was."""
@@ -156,9 +167,16 @@ class Submitter:
         return True
 
     async def _send(self, job: Job) -> CreatedRun:
-        if job.mode is RetryMode.RETRIGGER and job.run_id is not None:
-            return await self._client.retrigger(job.run_id)
         window = job.window
-        plan = self._board.flows[window.flow_id].plan
-        delta = plan.delta_column if job.first else None
-        return await self._client.create_run(window.flow_id, window.start, window.end, delta)
+        retrigger = job.mode is RetryMode.RETRIGGER and job.run_id is not None
+        seats = self._seats
+        await self._permits.seat("POST /runs" if not retrigger else "re-trigger", seats)
+        try:
+            if retrigger:
+                assert job.run_id is not None
+                return await self._client.retrigger(job.run_id)
+            plan = self._board.flows[window.flow_id].plan
+            delta = plan.delta_column if job.first else None
+            return await self._client.create_run(window.flow_id, window.start, window.end, delta)
+        finally:
+            seats.release()
