@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import queue
 import socket
@@ -62,10 +63,6 @@ _COMPACT_SLACK = 10_000  # moves appended since the last compaction before the n
 # A record made without waiting (``record_nowait``) is written by the next commit, or at the
 # latest this many seconds after it was made.
 _LAZY_FLUSH = 1.0
-# How long a commit waits for more records to share its write and fsync, once the last commit
-# served more than one waiter (others are recording too); a lone writer commits at once. The
-# commit delay of databases (PostgreSQL's commit_delay, applied only with commit_siblings).
-_GATHER = 0.005
 
 log = structlog.get_logger("backfill.journal")
 
@@ -109,11 +106,9 @@ class Journal:
         self._flow_index = {flow.flow_id: i for i, flow in enumerate(plan.flows)}
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False  # a flush is due on the loop (call_soon or, gathering, call_later)
-        self._intents = 0  # records waited for since the last commit started
-        self._shared = False  # the last commit carried more than one of them: the next gathers
-        self._gathering: asyncio.TimerHandle | None = None  # the gathering commit's start
-        self._now = False  # a commit was asked for (commit, note): no gathering until it starts
+        self._scheduled = False  # a commit starts on the loop's next turn (call_soon)
+        self._commit_by: float | None = None  # when the next commit must start (loop time)
+        self._gathering: asyncio.TimerHandle | None = None  # its start, while it gathers
         self._lazy = False  # a lazy flush is due (call_later): records wait without a waiter
         self._writing = False  # a batch is with the writer thread
         self._writer: _Writer | None = None
@@ -460,8 +455,13 @@ class Journal:
         mode: str | None = None,
         retrying: bool | None = None,
         counts: RecordCounts | None = None,
+        gather: float = 0.0,
     ) -> None:
-        """Apply a move and return once it (and everything before it) is durable."""
+        """Apply a move and return once it (and everything before it) is durable.
+
+        ``gather``: how long the caller can spare before the record must be durable; its
+        commit waits up to that long for more records to share one write and one fsync.
+        """
         waiter = self._append(
             window,
             state,
@@ -472,6 +472,7 @@ class Journal:
             durable=True,
             retrying=retrying,
             counts=counts,
+            gather=gather,
         )
         if waiter is not None:
             await waiter
@@ -502,7 +503,7 @@ class Journal:
         self.records += 1
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._kick(now=True)
+        self._kick()
         await waiter
 
     async def commit(self) -> None:
@@ -513,7 +514,7 @@ class Journal:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._kick(now=True)
+        self._kick()
         await waiter
 
     async def close(self) -> None:
@@ -557,6 +558,7 @@ class Journal:
         durable: bool,
         retrying: bool | None = None,
         counts: RecordCounts | None = None,
+        gather: float = 0.0,
     ) -> asyncio.Future[None] | None:
         if self._failure is not None:
             raise self._failure
@@ -616,41 +618,47 @@ class Journal:
         # A future of its own (one shared by a batch would be cancelled with any task waiting).
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._intents += 1
-        self._kick()
+        self._kick(gather)
         return waiter
 
     def _flush_lazily(self) -> None:
         """Records made without waiting, and no commit since: write them now."""
         self._lazy = False
         if self._buffer and self._fd is not None and self._failure is None:
-            self._kick(now=True)
+            self._kick()
 
-    def _kick(self, *, now: bool = False) -> None:
-        """Have a commit start: at once, or gathering while others are recording too.
+    def _kick(self, gather: float = 0.0) -> None:
+        """Have a commit start, at once or within ``gather`` seconds, whichever a record
+        waiting for it needs first.
 
         At once means after every callback ready now: each task that is ready adds its
-        record first, and one write and one fsync serve them all. Gathering (the last commit
-        carried several intents) waits up to ``_GATHER`` for more: each commit costs the
-        writer thread an fsync and the loop a wake-up, at thousands of windows a second a
-        fifth of the CPU. The wait is hidden by the workers whose intents are on disk already
-        (engine/dispatch.py). A commit asked for (``commit``, ``note``) never gathers.
+        record first, and one write and one fsync serve them all. A record that can spare
+        time (``record(gather=...)``: an intent made while every seat is busy, engine/
+        submit.py) lets the commit wait for more: each commit costs the writer thread an
+        fsync and the loop a wake-up, at thousands of windows a second a fifth of the CPU.
+        The commit delay of databases (PostgreSQL's ``commit_delay``).
         """
-        self._now = self._now or now
-        if self._writing:
-            return  # _written starts the next
-        if self._shared and not self._now:
-            if not self._scheduled:
-                self._scheduled = True
-                self._gathering = asyncio.get_running_loop().call_later(_GATHER, self._start)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + gather if gather > 0 else -math.inf
+        if self._commit_by is None or due < self._commit_by:
+            self._commit_by = due
+        if not self._writing:  # else _written starts the next commit, when it is due
+            self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self._commit_by
+        if due is None or self._scheduled:
             return
-        if self._gathering is not None:  # asked for now: the gathering ends here
-            self._gathering.cancel()
-            self._gathering = None
-            self._scheduled = False
-        if not self._scheduled:
+        if due <= loop.time():
+            if self._gathering is not None:  # wanted now: the gathering ends here
+                self._gathering.cancel()
+                self._gathering = None
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
+            loop.call_soon(self._start)
+        elif self._gathering is None or due < self._gathering.when():
+            if self._gathering is not None:
+                self._gathering.cancel()
+            self._gathering = loop.call_at(due, self._start)
 
     def _start(self) -> None:
         """Hand what is buffered to the writer thread; its waiters wake once it is on disk.
@@ -659,17 +667,19 @@ class Journal:
         is no flusher task, no executor future and no extra turn of the loop in between.
         """
         self._scheduled = False
-        self._gathering = None
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
         if self._writing or self._failure is not None:
             return
-        self._now = False  # what was asked for is in this commit
         if self._group_commit:
             lines, self._buffer = self._buffer, []
             waiters, self._waiters = self._waiters, []
-            self._shared, self._intents = self._intents > 1, 0
         else:  # one fsync per record: only for the benchmark's comparison
             lines, self._buffer = self._buffer[:1], self._buffer[1:]
             waiters, self._waiters = self._waiters[:1], self._waiters[1:]
+        # This commit takes what is buffered; what it leaves (one record a commit) goes next.
+        self._commit_by = -math.inf if self._waiters else None
         if not lines:  # a commit with nothing new: what it waited for is on disk
             self._wake(waiters)
             if self._buffer or self._waiters:
@@ -697,10 +707,9 @@ class Journal:
             self._buffer = []
             return
         self._wake(waiters)
-        if self._waiters:
-            self._kick()  # what came in during the write
-        elif self._buffer and not self._lazy:
-            self._kick(now=True)  # nobody waits, but the lazy flush came during the write
+        # What came in during the write and is waited for (or was flushed lazily meanwhile)
+        # goes when due; records nobody waits for ride the next commit or the lazy flush.
+        self._schedule(asyncio.get_running_loop())
 
     @staticmethod
     def _wake(waiters: list[asyncio.Future[None]]) -> None:

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backfill.client import CreatedRun, Page, RunInfo
 from backfill.engine import Engine, EngineOptions, ExistingRuns, OnFailure, RetryMode
+from backfill.engine import submit as submit_module
 from backfill.engine.survey import survey
 from backfill.errors import PermanentError, ServerError, TransportError
 from backfill.journal import Journal
@@ -487,3 +490,39 @@ async def test_while_concurrency_requests_are_out_half_as_many_again_wait_with_t
     assert outcome.stopped == "test"
     assert len(service.created()) == 4
     assert _states(ledger, plan) == [WindowState.SUBMITTED] * 4 + [WindowState.PENDING] * 8
+
+
+async def test_an_intent_made_while_every_seat_is_busy_lets_its_commit_gather(
+    journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slack an intent passes to the journal (issue 19): none while a seat is free (the
+    request goes as soon as the intent is on disk), and while every seat is busy and windows
+    wait for one, some, at most ``_MAX_GATHER``. Real time: seats come free 5 ms apart."""
+    plan = _plan(_hours(FILE, 40))
+    ledger = journal(plan)
+
+    class Slow(FakeService):
+        async def create_run(
+            self, flow_id: str, start: int, end: int, delta_column: str | None = None
+        ) -> CreatedRun:
+            await asyncio.sleep(0.005)
+            return await super().create_run(flow_id, start, end, delta_column)
+
+    gathers: list[float] = []
+    record = ledger.record
+
+    async def spy(window: Window, state: WindowState, **kwargs: Any) -> None:
+        if state is WindowState.SUBMITTING:
+            gathers.append(kwargs.get("gather", 0.0))
+        await record(window, state, **kwargs)
+
+    monkeypatch.setattr(ledger, "record", spy)
+    service = Slow()
+    options = EngineOptions(concurrency=4, poll_interval=0.01, reconcile_delay=0, seed=1)
+    outcome = await Engine(ledger, service, RateLimiter(None), options).run()
+
+    assert outcome.stopped is None
+    assert [c[1] for c in service.created()] == [T0 + 3600 * i for i in range(40)]
+    assert gathers[:4] == [0.0] * 4, "seats free: nothing to wait for"
+    assert any(g > 0 for g in gathers), "seats busy and windows waiting: the commit gathers"
+    assert all(0 <= g <= submit_module._MAX_GATHER for g in gathers)

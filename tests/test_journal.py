@@ -1391,65 +1391,64 @@ async def test_the_moves_written_are_the_moves_replayed(path: Path, seed: int) -
 # ------------------------------------------------------ commits that gather (issue 19)
 
 
-async def _shared_commit(journal: Journal) -> None:
-    """A commit that serves two waiters: others are recording, the next commit gathers."""
-    await asyncio.gather(
-        journal.record(window(90), S.SUBMITTING, attempt=1),
-        journal.record(window(91), S.SUBMITTING, attempt=1),
-    )
+async def _turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
-async def test_while_others_record_a_commit_waits_for_them_and_one_fsync_serves_all(
-    path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_records_that_can_spare_time_wait_for_one_another_and_share_one_fsync(
+    path: Path,
 ) -> None:
-    """Intents made a few loop turns apart share one commit once the last one was shared:
-    without the gathering each would be written and fsynced on its own."""
-    monkeypatch.setattr(journal_module, "_GATHER", 30.0)  # nothing here waits that long
+    """Intents made a few loop turns apart, each able to wait (every seat busy), share one
+    commit: without the gathering each would be written and fsynced on its own."""
     journal = Journal.open(path, make_plan())
     try:
-        await _shared_commit(journal)
         syncs = journal.syncs
-        first = asyncio.ensure_future(journal.record(window(0), S.SUBMITTING, attempt=1))
-        later = []
-        for i in range(1, 6):
-            for _ in range(3):  # a few loop turns apart: a commit started at once would go
-                await asyncio.sleep(0)
-            later.append(asyncio.ensure_future(journal.record(window(i), S.SUBMITTING, attempt=1)))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        assert not first.done(), "the first intent waits for the others"
+        waiting = []
+        for i in range(6):
+            waiting.append(
+                asyncio.ensure_future(
+                    journal.record(window(i), S.SUBMITTING, attempt=1, gather=30.0)
+                )
+            )
+            await _turns(3)  # a commit started at once would have gone by now
+        await _turns(10)
+        assert not any(task.done() for task in waiting), "they wait for one another"
         assert journal.syncs == syncs
 
-        await journal.commit()  # a commit asked for (as at close) does not wait for more
-        assert first.done()
-        assert all(task.done() for task in later)
+        await journal.commit()  # a commit asked for (as at close) does not wait
+        assert all(task.done() for task in waiting)
         assert journal.syncs == syncs + 1
         assert [r["s"] for r in lines(path)[-6:]] == [window(i).start for i in range(6)]
     finally:
         await journal.close()
 
 
-async def test_a_lone_intent_is_committed_at_once(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One window at a time (a low rate, --concurrency 1): nobody to wait for, no delay."""
-    monkeypatch.setattr(journal_module, "_GATHER", 30.0)
+async def test_a_record_that_cannot_wait_takes_the_gathered_ones_with_it(path: Path) -> None:
     journal = Journal.open(path, make_plan())
     try:
         syncs = journal.syncs
-        await journal.record(window(0), S.SUBMITTING, attempt=1)  # served alone
+        patient = asyncio.ensure_future(
+            journal.record(window(0), S.SUBMITTING, attempt=1, gather=30.0)
+        )
+        await _turns()
         await asyncio.wait_for(journal.record(window(1), S.SUBMITTING, attempt=1), 10.0)
-        assert journal.syncs == syncs + 2
+        assert patient.done()
+        assert journal.syncs == syncs + 1
+    finally:
+        await journal.close()
 
-        await _shared_commit(journal)  # others came: the next one gathers...
-        gathered = asyncio.ensure_future(journal.record(window(2), S.SUBMITTING, attempt=1))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        assert not gathered.done()
-        await journal.commit()
-        assert gathered.done()
-        # ...and served alone, it stops gathering.
-        await asyncio.wait_for(journal.record(window(3), S.SUBMITTING, attempt=1), 10.0)
+
+async def test_a_gathering_commit_starts_on_its_own_when_it_is_due(path: Path) -> None:
+    """Nobody else comes: the record is durable once its slack is spent, not later."""
+    journal = Journal.open(path, make_plan())
+    try:
+        syncs = journal.syncs
+        await asyncio.wait_for(
+            journal.record(window(0), S.SUBMITTING, attempt=1, gather=0.05), 10.0
+        )
+        assert journal.syncs == syncs + 1
+        assert lines(path)[-1]["s"] == window(0).start
     finally:
         await journal.close()
 
