@@ -271,6 +271,7 @@ class Scan:
         self.plan = Plan.from_json(record["plan"])
         if self.plan.fingerprint() != record.get("fingerprint"):
             raise ValueError("the header's fingerprint does not match its plan")
+        self.plan = self.plan.showing(record.get("zones"))
         self.header = record
 
     def _columns(self, record: dict[str, Any]) -> None:
@@ -358,7 +359,7 @@ class Scan:
             plan = Plan.from_json(record["plan"])
             if plan.fingerprint() != record.get("fingerprint"):
                 raise ValueError("a plan record's fingerprint does not match its plan")
-            self.plan = plan
+            self.plan = plan.showing(record.get("zones"))
         else:
             raise ValueError(f"unknown record type {kind!r}")
 
@@ -470,7 +471,11 @@ def _unpack(value: Any, size: int) -> bytes:
 
 def plan_record(plan: Plan, kind: str | None) -> dict[str, Any]:
     head: dict[str, Any] = {"t": kind} if kind else {"kind": KIND, "format": FORMAT}
-    return head | {"fingerprint": plan.fingerprint(), "plan": plan.to_json()}
+    record = head | {"fingerprint": plan.fingerprint(), "plan": plan.to_json()}
+    zones = plan.zones()
+    if zones:  # how fixed-size flows' times are shown: beside the plan, not in it
+        record["zones"] = zones
+    return record
 
 
 def describe(exc: Exception) -> str:

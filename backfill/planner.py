@@ -16,7 +16,7 @@ import heapq
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import partial
 from itertools import repeat
@@ -631,6 +631,36 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"flows": [flow.to_json() for flow in self.flows], "shard": str(self.shard)}
+
+    def zones(self) -> dict[str, str]:
+        """The zone each fixed-size flow's times are shown in, where it is not UTC.
+
+        Not part of the plan (``FlowPlan.zone``), so not in ``to_json`` and its fingerprint:
+        the checkpoint keeps them beside it, so ``status`` shows them as the run did.
+        """
+        return {
+            flow.flow_id: flow.zone
+            for flow in self.flows
+            if flow.calendar is None and flow.zone != "UTC"
+        }
+
+    def showing(self, zones: object) -> Plan:
+        """This plan with its fixed-size flows' times shown in ``zones`` (``zones()``)."""
+        if not zones:
+            return self
+        if not isinstance(zones, dict):
+            raise ValueError(f"zones {zones!r} is not a table of flows and time zones")
+        flows = []
+        for flow in self.flows:
+            zone = zones.get(flow.flow_id)
+            if zone is None or flow.calendar is not None:
+                flows.append(flow)
+                continue
+            if not isinstance(zone, str):
+                raise ValueError(f"flow {flow.flow_id}: the time zone {zone!r} is no name")
+            zone_info(zone)  # an unknown name: ValueError, as for --timezone
+            flows.append(replace(flow, zone=zone))
+        return replace(self, flows=tuple(flows))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:

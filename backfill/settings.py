@@ -698,8 +698,17 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     for candidate in known:
         if candidate.lower().replace("-", "_").replace("_", "") == bare.replace("_", ""):
             return f" (did you mean {candidate!r}?)"
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    # Compared without what every name shares ("--", "BACKFILL_"): those alone made "--bad"
+    # look like "--shard".
+    cores: dict[str, str] = {}
+    for candidate in known:
+        cores.setdefault(_core(candidate), candidate)
+    close = difflib.get_close_matches(_core(name), list(cores), n=1, cutoff=0.6)
+    return f" (did you mean {cores[close[0]]!r}?)" if close else ""
+
+
+def _core(name: str) -> str:
+    return name.lstrip("-").removeprefix("BACKFILL_")
 
 
 def _known_fields() -> list[str]:

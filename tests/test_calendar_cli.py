@@ -302,3 +302,21 @@ async def test_status_text_shows_a_calendar_plans_windows_in_its_zone(tmp_path: 
     ], text
     assert "T23:00:00Z" not in text  # not in UTC only
     assert "T22:00:00Z" not in text
+
+
+async def test_status_shows_a_fixed_size_plans_times_in_the_zone_it_was_run_in(
+    tmp_path: Path,
+) -> None:
+    """``--timezone`` with ``--window 6h``: the checkpoint keeps the zone beside the plan."""
+    hours = [
+        "run",
+        *("--flow-id", FLOW_FILE, "--start", "2024-03-29", "--end", "2024-03-30"),
+        *("--window", "6h", "--timezone", MADRID, "--checkpoint", "ck.jsonl"),
+    ]
+    async with emulator() as emu:
+        run = await run_cli(hours, cli_env(emu), tmp_path)
+    assert run.code == 0, run.stderr
+    status = await run_cli(["status", "--checkpoint", "ck.jsonl"], cli_env(None), tmp_path)
+    assert status.code == 0, status.stderr
+    assert "2024-03-29T00:00:00+01:00 .. 2024-03-30T00:00:00+01:00 every 6h" in status.stdout
+    assert "2024-03-28T23:00:00Z" not in status.stdout

@@ -540,6 +540,24 @@ async def test_a_header_whose_fingerprint_lies_is_refused(path: Path) -> None:
         Journal.open(path, plan)
 
 
+async def test_the_zone_a_fixed_size_plan_is_shown_in_is_kept_beside_it(path: Path) -> None:
+    """``--timezone`` with a fixed window size only changes how times are shown: not part of
+    the plan (the same fingerprint as in UTC), but kept in the header, through compaction,
+    so ``status`` shows the times as the run did. A zone that is no zone is refused."""
+    madrid = make_plan(48).showing({FLOW: "Europe/Madrid"})
+    assert madrid.fingerprint() == make_plan(48).fingerprint()
+    journal = Journal.open(path, madrid)
+    await journal.record(window(0), S.SUBMITTING, attempt=1)
+    await journal.close()
+    assert Journal.open(path, None, readonly=True).plan.flows[0].zone == "Europe/Madrid"
+    assert Journal.open(path, make_plan(48), readonly=True).plan.flows[0].zone == "Europe/Madrid"
+
+    header = orjson.loads(read(path).splitlines()[0])
+    write(path, orjson.dumps(header | {"zones": {FLOW: "Europe/Madird"}}) + b"\n")
+    with pytest.raises(CheckpointCorrupt, match="Madird"):
+        Journal.open(path, None, readonly=True)
+
+
 # ------------------------------------------------------------------ plan changes
 
 

@@ -446,6 +446,8 @@ async def test_status_over_shards_shows_the_planned_total_and_names_a_missing_sh
         (["--win", "1h"], "unknown option --win (did you mean '--window'?)"),
         (["--js"], "unknown option --js (did you mean '--json'?)"),
         (["--flow", FLOW_FILE], "unknown option --flow (did you mean '--flow-id'?)"),
+        # Not "--shard": every option's "--" made any short word look like some option.
+        (["--bad"], "unknown option --bad (see backfill run --help)"),
     ],
 )
 async def test_no_abbreviations_and_did_you_mean(
