@@ -119,16 +119,24 @@ class RateLimiter:
         self._normal: deque[asyncio.Future[float]] = deque()
         self._queued = 0  # waiters not yet granted nor cancelled
         self._pump: asyncio.Task[None] | None = None
+        self._sent: list[float] = []  # permits granted this loop turn, counted as sent next
         self.waited = 0.0  # seconds spent waiting for permits, for metrics
         self.pauses = 0
 
-    async def acquire(self, *, urgent: bool = False) -> None:
-        """Wait for a permit; ``urgent`` ones go before every other waiting (FIFO within)."""
+    def try_acquire(self) -> bool:
+        """Take a permit now if nobody waits and its slot has come (no await at all)."""
         now = self._clock()
         if self._pump is None and self._ready(now) <= now:
-            self._grant(now, owed=now)  # nobody waits and the slot is free: no await at all
+            self._grant(now, owed=now)
             self._count_when_sent(now)
+            return True
+        return False
+
+    async def acquire(self, *, urgent: bool = False) -> None:
+        """Wait for a permit; ``urgent`` ones go before every other waiting (FIFO within)."""
+        if self.try_acquire():
             return
+        now = self._clock()
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         (self._urgent if urgent else self._normal).append(future)
         self._queued += 1
@@ -159,12 +167,18 @@ class RateLimiter:
         before the body's write, and moves the grant there.
         """
         if self._window is not None:
-            asyncio.get_running_loop().call_soon(self._went, granted)
+            if not self._sent:  # one callback a loop turn, for every permit of the turn
+                asyncio.get_running_loop().call_soon(self._went)
+            self._sent.append(granted)
 
-    def _went(self, granted: float) -> None:
+    def _went(self) -> None:
         now = self._clock()
-        if now > granted and self._window is not None:
-            self._window.move(granted, now)
+        window = self._window
+        if window is not None:
+            for granted in self._sent:
+                if now > granted:
+                    window.move(granted, now)
+        self._sent.clear()
 
     def _ready(self, now: float) -> float:
         """The first moment from ``now`` a permit may be granted."""

@@ -38,6 +38,9 @@ class Permits:
 
     async def take(self, what: str, *, acts: bool) -> None:
         """Wait for the permit of the request ``what``; raise ``RequestNotSent`` on a stop."""
+        self._check(what, acts=acts)
+        if self.limiter.try_acquire():  # nobody waits and the slot has come: no wait at all
+            return
         # Listings and status polls go first: a failure or a freed slot is seen before more
         # windows go out (--on-failure stop, --max-active-runs). They still count.
         await self._until(what, self.limiter.acquire(urgent=not acts), acts=acts)

@@ -465,7 +465,7 @@ async def test_workers_keep_at_most_concurrency_in_flight_and_send_each_window_o
     assert _states(ledger, plan) == [WindowState.SUBMITTED] * 11
 
 
-async def test_while_concurrency_requests_are_out_half_as_many_again_wait_with_their_intents(
+async def test_while_concurrency_requests_are_out_as_many_again_wait_with_their_intents(
     journal: OpenJournal,
 ) -> None:
     """Seats (issue 19): ``concurrency`` requests out, and windows whose intents are on disk
@@ -478,10 +478,10 @@ async def test_while_concurrency_requests_are_out_half_as_many_again_wait_with_t
     task = asyncio.ensure_future(engine.run())
     await service.sent(4)
     for _ in range(50):
-        if _states(ledger, plan).count(WindowState.SUBMITTING) == 6:
+        if _states(ledger, plan).count(WindowState.SUBMITTING) == 8:
             break
         await asyncio.sleep(0.01)
-    assert _states(ledger, plan) == [WindowState.SUBMITTING] * 6 + [WindowState.PENDING] * 6
+    assert _states(ledger, plan) == [WindowState.SUBMITTING] * 8 + [WindowState.PENDING] * 4
     assert len(service.created()) == 4, "never more than concurrency requests out"
 
     engine.stop("test")

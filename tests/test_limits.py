@@ -7,6 +7,7 @@ import heapq
 import itertools
 import random
 import tracemalloc
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -536,3 +537,41 @@ async def test_a_request_that_goes_late_is_counted_when_it_goes() -> None:
 
     assert grants[0] == pytest.approx(0.505)  # the schedule is the grants'
     assert grants[1] == pytest.approx(0.3 + 1.005, abs=0.003)  # not at 1.01: 3 in 1.005 s
+
+
+async def test_permits_taken_in_one_loop_turn_are_counted_when_they_go_by_one_callback() -> None:
+    """At thousands of requests a second several permits are taken in one turn (each as its
+    slot comes, no await): one callback a turn counts them all as sent, in the next turn."""
+    scheduler = Scheduler()
+    limiter = RateLimiter(Rate(100.0), clock=scheduler.clock, sleep=scheduler.sleep)
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def call_soon(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+
+    loop.call_soon = call_soon  # type: ignore[method-assign, assignment]
+    try:
+        taken = []
+        for slot in range(3):
+            scheduler.now = slot * 0.0101  # each slot comes (the margin is 1 %)
+            taken.append(limiter.try_acquire())
+        assert not limiter.try_acquire(), "the next slot has not come"
+    finally:
+        loop.call_soon = real_call_soon  # type: ignore[method-assign]
+    assert taken == [True, True, True]
+    assert scheduled == [limiter._went], "one callback for the turn's three permits"
+
+    scheduler.now = 0.5  # they go in the next turn, late
+    await asyncio.sleep(0)
+    # Counted when they went: 97 more fit in the second from their grants, not from 0.5.
+    assert limiter._window is not None
+    assert limiter._window.earliest(0.5) == pytest.approx(0.5)
+    for _ in range(97):
+        assert limiter._window.earliest(scheduler.now) <= scheduler.now
+        limiter._window.add(scheduler.now)
+    # The hundredth in a second: the next is a whole span after 0.5 (after 0 had they been
+    # counted when granted).
+    assert limiter._window.earliest(scheduler.now) >= 1.5

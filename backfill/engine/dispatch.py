@@ -1,6 +1,6 @@
 """Dispatch: which window goes next, under the concurrency, active-run and delta-column limits.
 
-``workers`` long-lived workers (``concurrency`` and half as many again) wait for new work:
+``workers`` long-lived workers (twice ``concurrency``) wait for new work:
 each picks the next ready window (re-runs first, then windows from the flows' streams, oldest
 or newest first), sends it and picks again, so at most ``workers`` windows are ever in hand
 and memory stays flat however long the plan is. At most ``concurrency`` of them have a request

@@ -55,9 +55,9 @@ class EngineOptions:
 
     @property
     def workers(self) -> int:
-        """Windows in hand at once: ``concurrency`` requests in flight, and half as many
-        again whose intents are recorded while those are out, each waiting for a seat."""
-        return self.concurrency + self.concurrency // 2
+        """Windows in hand at once: ``concurrency`` requests in flight, and as many again
+        whose intents are recorded while those are out, each waiting for a seat."""
+        return 2 * self.concurrency
 
 
 @dataclass(slots=True)
