@@ -8,11 +8,14 @@ share the client's CPU, and meters requests as they reach it.
 
 The emulator's loop therefore uses a selector that notes each time it looks at its sockets
 (``looking_loop``, the loop factory of ``backfill emulator`` and of the tests). Bytes that a
-look returns arrived after the previous look returned, or, if this look waited (nothing was
-ready when it began), after it began; the selector keeps that moment for each socket it
-finds readable. ``arrived_after(socket)`` is that bound for the request being handled, whose
-bytes the latest look at its socket returned (a client sends the next request on a
-connection only after this one's answer). Without such a loop the bound is now, as before.
+look returns arrived after the previous look returned; if this look waited (nothing was
+ready when it began), they are what woke it, so they arrived as it returned. The selector
+keeps that moment for each socket it finds readable. (It once kept the start of a look that
+waited: a request that ended a second of silence was charged a second early, to a second
+that may have been full, and the emulator answered 429 to a client that kept the rate.)
+``arrived_after(socket)`` is that moment for the request being handled, whose bytes the
+latest look at its socket returned (a client sends the next request on a connection only
+after this one's answer). Without such a loop it is now, as before.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from typing import Any
 
 __all__ = ["arrived_after", "looking_loop"]
 
-# A look that took this long waited: nothing was ready when it began (a look that finds
-# something ready returns in microseconds unless the process is descheduled meanwhile, and
-# then its start is a later bound than needed, which is only stricter).
+# A look that took this long waited: nothing was ready when it began, and what it returns
+# woke it (a look that finds something ready returns in microseconds unless the process is
+# descheduled meanwhile; then the previous look's return is the bound, an earlier one).
 _WAITED = 0.001
 
 _LOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LookingSelector] = (
@@ -48,7 +51,7 @@ class _LookingSelector(selectors.DefaultSelector):
         began = time.monotonic()
         ready: list[Any] = super().select(timeout)
         returned = time.monotonic()
-        earliest = began if returned - began >= _WAITED else self._returned
+        earliest = returned if returned - began >= _WAITED else self._returned
         self._returned = returned
         since = self.read_since
         for key, events in ready:
