@@ -422,10 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     collecting = gc.isenabled()
     gc.disable()  # see _started
     try:
-        settings, checkpoints, json_lines = _start(command, namespace)
-    finally:
-        _started(collecting, own_process=argv is None)
-    try:
+        try:
+            settings, checkpoints, json_lines = _start(command, namespace)
+        finally:
+            _started(collecting, own_process=argv is None)
         return int(_dispatch(command, settings, namespace, checkpoints, json_lines))
     except BackfillError as exc:
         _fail(str(exc), exc.exit_code)

@@ -211,3 +211,22 @@ async def test_a_flow_the_service_does_not_know_stops_with_exit_2(tmp_path: Path
     assert stats["requests"]["by_endpoint"]["POST /runs"] == {}
     assert stats["requests"]["by_endpoint"]["GET /flows/{id}"] == {"404": 1}
     assert not (tmp_path / "ck.jsonl").exists()
+
+
+async def test_never_more_posts_in_flight_than_concurrency_at_the_service(tmp_path: Path) -> None:
+    """``--concurrency`` is requests in flight, as the service counts them (issue 19): twice
+    as many windows are in hand, recording their intents, but only that many are ever out."""
+    async with emulator(latency=0.05) as emu:
+        result = await run_cli(
+            [
+                "run",
+                *_flow_args(FLOW_FILE, 60),
+                *("--checkpoint", "ck.jsonl", "--concurrency", "4", "--rate", "1000/s"),
+            ],
+            cli_env(emu),
+            tmp_path,
+        )
+        stats = emu.stats()
+    assert result.code == 0, result.stderr
+    assert_exactly_once(stats, FLOW_FILE, hourly(START, 60))
+    assert stats["max_in_flight"]["POST /runs"] == 4, stats["max_in_flight"]

@@ -83,3 +83,21 @@ def test_in_process_the_collector_is_left_as_the_caller_had_it(
     finally:
         gc.enable()
     assert "744 windows in all" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_the_settings_load_is_exit_130_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The settings load is the slowest part of start-up (pydantic): a Ctrl-C there is the
+    same one-line "interrupted" and exit 130 as anywhere later."""
+    import backfill.cli as cli  # noqa: PLC0415 - the module whose step is replaced
+
+    def interrupted(command: str, namespace: dict[str, object]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_start", interrupted)
+    with pytest.raises(SystemExit) as info:
+        main(PLAN)
+    assert info.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert gc.isenabled()

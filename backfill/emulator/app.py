@@ -82,6 +82,10 @@ class EmulatorApp:
         self.faults = FaultModel(config, clock)
         self.gate = Gatekeeper(config, self.now)
         self.requests: dict[str, dict[str, int]] = {name: {} for name in ENDPOINTS}
+        # Requests being handled now, and the most at once, per endpoint: a client's
+        # concurrency as the service sees it.
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
         self.total = 0
         self.dropped = 0
         self._request_serial = 0
@@ -129,6 +133,15 @@ class EmulatorApp:
         check = self.gate.check
 
         async def flow_service(request: web.Request) -> web.StreamResponse:
+            now_in = self.in_flight[endpoint] = self.in_flight.get(endpoint, 0) + 1
+            if now_in > self.max_in_flight.get(endpoint, 0):
+                self.max_in_flight[endpoint] = now_in
+            try:
+                return await answer(request)
+            finally:
+                self.in_flight[endpoint] -= 1
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             # The order is the contract: latency, rate limit, injected 5xx, auth, handler.
             # How long ago the request can have reached the socket (the loop may be late).
             transport = request.transport
@@ -337,6 +350,7 @@ class EmulatorApp:
             "injected_errors": self.faults.injected_errors,
             "dropped": self.dropped,
             "max_active_runs": store["max_active_runs"],
+            "max_in_flight": dict(self.max_in_flight),
             "tokens_issued": self.gate.tokens_issued,
             "status_words": dict(self.status_words),
         }
@@ -351,6 +365,7 @@ class EmulatorApp:
         self.total = 0
         self.dropped = 0
         self.status_words.clear()
+        self.max_in_flight.clear()  # what is in flight now stays counted
 
     # -- persistence -----------------------------------------------------------------------
 

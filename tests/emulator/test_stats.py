@@ -24,6 +24,7 @@ TOP_LEVEL = {
     "injected_errors",
     "dropped",
     "max_active_runs",
+    "max_in_flight",
     "tokens_issued",
     "status_words",
 }
@@ -90,6 +91,8 @@ async def test_stats_document(start: Start) -> None:
     assert stats["requests"]["total"] == 5
     assert stats["max_requests_per_second"] == stats["max_requests_per_second_as_read"] == 5
     assert stats["max_active_runs"] == {FLOW: 3}
+    # One at a time: the most requests each endpoint was handling at once.
+    assert stats["max_in_flight"] == {"POST /runs": 1, "GET /runs/{id}": 1, "GET /runs": 1}
     assert stats["rate_limited"] == stats["injected_errors"] == stats["dropped"] == 0
     assert stats["tokens_issued"] == 0
 
@@ -117,6 +120,7 @@ async def test_reset(start: Start) -> None:
     assert stats["runs"] == []
     assert stats["requests"]["total"] == 0
     assert stats["max_active_runs"] == {}
+    assert stats["max_in_flight"] == {}
     # Declared flows survive a reset, with their first-run rule starting over.
     assert (await api.create()).status == 400
     assert (await api.create(delta="other")).status == 201
