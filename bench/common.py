@@ -355,6 +355,18 @@ _COMPILE = (
 )
 
 
+def python_c(code: str, *flags: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python [FLAGS] -c CODE`` in a clean environment; its output as text."""
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=timeout,
+        check=True,
+    )
+
+
 def byte_compile() -> str:
     """Byte-compile the ``backfill`` package the commands import, as installing it does.
 
@@ -362,14 +374,7 @@ def byte_compile() -> str:
     files each command would compile backfill's source again: 0.03 s of ``plan``'s CPU that
     no installed copy (a wheel, the container image) pays. Returns the folder compiled.
     """
-    done = subprocess.run(
-        [sys.executable, "-c", _COMPILE],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=120,
-        check=True,
-    )
+    done = python_c(_COMPILE, timeout=120)
     folder = done.stdout.strip()
     if not folder:
         raise BenchError(f"backfill could not be byte-compiled: {done.stderr[-500:]}")

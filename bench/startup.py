@@ -9,7 +9,6 @@ import (the best of five, wall time) prints the heaviest imports, and the scenar
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from bench.common import (
@@ -20,6 +19,7 @@ from bench.common import (
     check,
     clean_env,
     measure,
+    python_c,
 )
 
 NAME = "startup"
@@ -60,14 +60,7 @@ def _importtime(statement: str) -> tuple[float, list[tuple[str, float]]]:
 
 def _importtime_once(statement: str) -> tuple[float, list[tuple[str, float]]]:
     """Total import time (ms, wall) and the ten heaviest packages (self time, ms)."""
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", statement],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=True,
-    )
+    done = python_c(statement, "-X", "importtime")
     packages: dict[str, float] = {}
     total = 0.0
     for line in done.stderr.splitlines():
@@ -87,15 +80,7 @@ def _importtime_once(statement: str) -> tuple[float, list[tuple[str, float]]]:
 def _loaded(statement: str) -> list[str]:
     """Which of the heavy packages the statement leaves in ``sys.modules``."""
     probe = f"{statement}; import sys; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.split()
+    return python_c(probe).stdout.split()
 
 
 def run(settings: Settings) -> Result:

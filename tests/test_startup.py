@@ -20,6 +20,18 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
 
 
+def _probe(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` as its own process, with no BACKFILL_* variables."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_environment(),
+        timeout=60,
+        check=True,
+    )
+
+
 def test_plan_in_its_own_process_loads_no_http_and_freezes_what_start_up_built() -> None:
     probe = (
         "import gc, sys\n"
@@ -29,14 +41,7 @@ def test_plan_in_its_own_process_loads_no_http_and_freezes_what_start_up_built()
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(code, loaded, gc.isenabled(), gc.get_freeze_count() > 10_000, file=sys.stderr)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        timeout=60,
-        check=True,
-    )
+    done = _probe(probe)
     assert "744 windows in all" in done.stdout
     assert done.stderr.strip() == "0 [] True True"
 
@@ -53,14 +58,7 @@ def test_help_loads_neither_the_settings_nor_orjson() -> None:
         "loaded = [m for m in ('pydantic', 'orjson', 'backfill.settings') if m in sys.modules]\n"
         "print(code, loaded, file=sys.stderr)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env=_environment(),
-        timeout=60,
-        check=True,
-    )
+    done = _probe(probe)
     assert "usage: backfill" in done.stdout
     assert done.stderr.strip() == "0 []"
 

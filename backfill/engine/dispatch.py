@@ -50,10 +50,11 @@ class Dispatcher:
     async def run(self, group: asyncio.TaskGroup, work: Worker) -> None:
         """Run ``workers`` workers until nothing is left (or the engine stops).
 
-        Each worker takes the next ready window, sends it, and takes another: no task, no
-        semaphore and no hand-over per window (a task per window cost the event loop two more
-        callbacks a window). Every worker picks through the same ``_pick``, one at a time, so
-        the order and the limits are those of a single dispatcher.
+        Each worker takes the next ready window, sends it, and takes another: no task and no
+        hand-over per window (a task per window cost the event loop two more callbacks a
+        window); the only wait between workers is for a seat (submit.py). Every worker picks
+        through the same ``_pick``, one at a time, so the order and the limits are those of a
+        single dispatcher.
         """
         others = [group.create_task(self._worker(work)) for _ in range(self._options.workers - 1)]
         await self._worker(work)

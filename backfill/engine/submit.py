@@ -191,15 +191,11 @@ class Submitter:
         window = job.window
         retrigger = job.mode is RetryMode.RETRIGGER and job.run_id is not None
         seats = self._seats
-        what = "POST /runs" if not retrigger else "re-trigger"
-        if seats.locked():
-            self._seated += 1
-            try:
-                await self._permits.seat(what, seats)
-            finally:
-                self._seated -= 1
-        else:
-            await self._permits.seat(what, seats)
+        self._seated += 1  # a free seat is taken without a wait: nobody sees this count
+        try:
+            await self._permits.seat("POST /runs" if not retrigger else "re-trigger", seats)
+        finally:
+            self._seated -= 1
         try:
             if retrigger:
                 assert job.run_id is not None
